@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m pipeline bench <extract|train>` print one JSON line per measurement."""

@@ -1,0 +1,248 @@
+"""``python -m pipeline <stage>``: one thin command per stage.
+
+A command loads the params sections its stage reads (the same keys dvc.yaml lists for it), turns path options into
+``Path`` objects and calls ``pipeline.stages.<stage>.run``. Path defaults equal the paths in dvc.yaml, which is the
+one place they are decided. Errors a user can fix (:class:`~pipeline.errors.PipelineError`) print one line naming
+the file and the problem and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from pipeline import config
+from pipeline.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Throughput benchmarks (print JSON lines).")
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file to read")]
+
+
+def user_errors(fn: F) -> F:
+    """Turn a :class:`PipelineError` into ``error: <message>`` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"expected i/n, e.g. 0/4, got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise typer.BadParameter(f"need 0 <= i < n, got {value!r}")
+    return i, n
+
+
+# ------------------------------------------------------------------------------------------------- stages
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="where to write the demo dataset")] = Path("data/demo"),
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Generate the demo dataset (Aff-Wild2 layout) from params `demo`."""
+    from pipeline.stages import demo as stage
+
+    stage.run(config.section("demo", params), out)
+
+
+@app.command()
+@user_errors
+def scan(
+    out: Annotated[Path, typer.Option(help="manifest to write")] = Path("data/manifest.json"),
+    root: Annotated[Path | None, typer.Option(help="dataset root (default: params data.root)")] = None,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Fingerprint the dataset tree (names, sizes, mtimes) so `prepare` re-runs only when it changed."""
+    from pipeline.stages import scan as stage
+
+    stage.run(Path(root) if root else Path(config.section("data", params).root), out)
+
+
+@app.command()
+@user_errors
+def prepare(
+    out: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    jobs: Annotated[int, typer.Option(help="decoding processes (0 = one per core)")] = 0,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Decode crops, labels and audio of every trial into data/prepared/."""
+    from pipeline.stages import prepare as stage
+
+    raw = config.read_params(params)
+    stage.run(config.section("data", params, raw), config.section("frames", params, raw), out, jobs=jobs)
+
+
+@app.command()
+@user_errors
+def split(
+    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="folds file to write")] = Path("data/prepared/folds.json"),
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Cut train+validation trials into cross-validation folds."""
+    from pipeline.stages import split as stage
+
+    stage.run(config.section("split", params), prepared / "index.json", out)
+
+
+@app.command()
+@user_errors
+def extract(
+    name: Annotated[str, typer.Argument(help="extractor: iresnet, vggish or mfcc")],
+    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    out: Annotated[Path | None, typer.Option(help="store to write (default features/<name>.zarr)")] = None,
+    shard: Annotated[str, typer.Option(help="i/n: extract every n-th bucket, starting at i")] = "0/1",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Extract one feature store from data/prepared/."""
+    from pipeline.stages import extract as stage
+
+    features = config.section("features", params)
+    if name not in ("iresnet", "vggish", "mfcc"):
+        raise config.ConfigError(f"unknown extractor {name!r} (known: iresnet, vggish, mfcc)")
+    stage.run(
+        name,
+        getattr(features, name),
+        prepared,
+        out or Path(f"features/{name}.zarr"),
+        shard=parse_shard(shard),
+        device=device,
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    fold: Annotated[int, typer.Option(help="fold index to hold out for validation")],
+    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores")] = Path("features"),
+    models: Annotated[Path, typer.Option(help="models folder; writes models/fold<k>/")] = Path("models"),
+    metrics: Annotated[Path, typer.Option(help="metrics folder; writes metrics/fold<k>.json and metrics/fold<k>/")] = Path("metrics"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Train the fusion model on every fold but FOLD and validate on FOLD."""
+    from pipeline.stages import train as stage
+
+    raw = config.read_params(params)
+    stage.run(
+        fold,
+        config.section("model", params, raw),
+        config.section("train", params, raw),
+        prepared=prepared,
+        features=features,
+        model_dir=models / f"fold{fold}",
+        metrics_file=metrics / f"fold{fold}.json",
+        plots_dir=metrics / f"fold{fold}",
+        device=device,
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    models: Annotated[Path, typer.Option(help="models folder with fold<k>/ validation predictions")] = Path("models"),
+    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="cross-validation metrics file")] = Path("metrics/cv.json"),
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Score every fold's validation predictions, raw and smoothed, into metrics/cv.json."""
+    from pipeline.stages import evaluate as stage
+
+    raw = config.read_params(params)
+    stage.run(
+        config.section("split", params, raw), config.section("postprocess", params, raw), models, prepared, out
+    )
+
+
+@app.command()
+@user_errors
+def predict(
+    models: Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")] = Path("models"),
+    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores")] = Path("features"),
+    out: Annotated[Path, typer.Option(help="submission file")] = Path("predictions/test.txt"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Average the folds' models over every test trial and write the ABAW submission file."""
+    from pipeline.stages import predict as stage
+
+    raw = config.read_params(params)
+    stage.run(
+        config.section("split", params, raw),
+        config.section("postprocess", params, raw),
+        models,
+        prepared,
+        features,
+        out,
+        device=device,
+    )
+
+
+@app.command()
+@user_errors
+def ablation(
+    report: Annotated[bool, typer.Option("--report", help="print the table from `dvc exp show` instead of queueing")] = False,
+    run: Annotated[bool, typer.Option("--run", help="also start the queue (`dvc queue start`)")] = False,
+    jobs: Annotated[int, typer.Option(help="queue workers with --run")] = 1,
+) -> None:
+    """Queue the eight LA-SE / TCN / Transformer combinations of the paper's Table 2 as DVC experiments."""
+    from pipeline.stages import ablation as stage
+
+    if report:
+        stage.report(sys.stdout)
+    else:
+        stage.queue(start=run, jobs=jobs)
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+@bench_app.command("extract")
+@user_errors
+def bench_extract(
+    work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    long_minutes: Annotated[float, typer.Option(help="also measure peak RSS on one video this long (0 = skip)")] = 0.0,
+) -> None:
+    """Model-alone versus whole-stage throughput per extractor, one JSON line each."""
+    from pipeline.bench import extract as bench
+
+    bench.run(work, device=device, long_minutes=long_minutes)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+) -> None:
+    """Training throughput, data-wait share and peak memory, one JSON line."""
+    from pipeline.bench import train as bench
+
+    bench.run(work, device=device)
+
+
+def main() -> None:  # console-script entry point
+    app()

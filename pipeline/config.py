@@ -1,0 +1,242 @@
+"""params.yaml sections as frozen, validated dataclasses.
+
+Each stage loads only the sections it lists in dvc.yaml. An unknown, missing or mistyped key is a
+:class:`ConfigError` whose message names the file and the dotted key (``params.yaml: train.lr: ...``), never a
+silent default: a typo in an experiment's ``-S`` override must not train the wrong model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from pipeline.errors import PipelineError
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(PipelineError, ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------- data / demo
+@dataclass(config=_STRICT)
+class DataConfig:
+    root: str = "data/demo"  # dataset root in the Aff-Wild2 layout (DESIGN.md)
+
+
+@dataclass(config=_STRICT)
+class DemoConfig:
+    seed: int = 0
+    n_videos: int = Field(10, ge=8)  # the layout rules need at least 8 videos
+    seconds: float = Field(24.0, gt=2.0)  # length of each generated video
+    size: int = Field(112, ge=32)  # crop side in pixels, as Aff-Wild2's cropped_aligned
+
+
+@dataclass(config=_STRICT)
+class FramesConfig:
+    size: int = Field(48, ge=8, le=512)  # crops resized to size x size x 3 (paper: 48)
+    missing: Literal["last", "zero"] = "last"  # fill for missing crops; "zero" = Su Zhang's code
+
+
+@dataclass(config=_STRICT)
+class SplitConfig:
+    n_folds: int = Field(6, ge=2)
+    scheme: Literal["official", "random"] = "official"
+    seed: int = 0
+    # Folds that train@<k> stages exist for (dvc.yaml foreach); a subset of range(n_folds).
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+
+    @model_validator(mode="after")
+    def _folds_in_range(self) -> "SplitConfig":
+        bad = [k for k in self.folds if not 0 <= k < self.n_folds]
+        if bad or not self.folds or len(set(self.folds)) != len(self.folds):
+            raise ValueError(
+                f"folds must be distinct values in 0..{self.n_folds - 1} (n_folds={self.n_folds}), got {list(self.folds)}"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ features
+@dataclass(config=_STRICT)
+class WeightsConfig:
+    weights: str | None = None  # path to a weights file; None = random init (loudly labelled)
+    sha256: str | None = None  # expected digest of `weights`; checked when given
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
+            raise ValueError("must be 64 hexadecimal characters")
+        return None if v is None else v.lower()
+
+
+@dataclass(config=_STRICT)
+class IResNetConfig(WeightsConfig):
+    pooled: bool = False  # True: store 512-d vectors instead of (512, h, w) maps
+    batch: int = Field(256, ge=1)
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass(config=_STRICT)
+class VGGishConfig(WeightsConfig):
+    pca: bool = False  # apply torchvggish's PCA + quantisation postprocessing
+    pca_weights: str | None = None  # vggish_pca_params-*.pth, needed when pca is true
+    pca_sha256: str | None = None
+    batch: int = Field(128, ge=1)
+    dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass(config=_STRICT)
+class MFCCConfig:
+    n_mfcc: int = Field(13, ge=1)
+    n_mels: int = Field(40, ge=1)
+    window_ms: float = Field(25.0, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    dtype: Literal["float16", "float32"] = "float32"
+
+
+@dataclass(config=_STRICT)
+class FeaturesConfig:
+    iresnet: IResNetConfig = IResNetConfig()
+    vggish: VGGishConfig = VGGishConfig()
+    mfcc: MFCCConfig = MFCCConfig()
+
+
+# ------------------------------------------------------------------------------------------- model / train
+Modality = Literal["iresnet", "vggish", "mfcc"]
+
+
+@dataclass(config=_STRICT)
+class ModelConfig:
+    modalities: tuple[Modality, ...] = ("iresnet", "vggish", "mfcc")
+    lase: bool = True  # LA-SE attention on the visual maps (paper 3.3)
+    tcn: bool = True  # a TCN per modality (paper 3.4)
+    transformer: bool = True  # Transformer encoder over the concatenation (paper 3.5)
+    tcn_channels: int = Field(128, ge=1)
+    tcn_levels: int = Field(4, ge=1)
+    tcn_kernel: int = Field(5, ge=2)
+    tcn_dropout: float = Field(0.1, ge=0, lt=1)
+    d_model: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(4, ge=1)
+    ff_dim: int = Field(512, ge=8)
+    dropout: float = Field(0.4, ge=0, lt=1)
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    head_hidden: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be a non-empty list without repeats, got {list(self.modalities)}")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+@dataclass(config=_STRICT)
+class TrainConfig:
+    seed: int = 0
+    window: int = Field(300, ge=2)  # frames per training window (Su Zhang: 300)
+    hop: int = Field(200, ge=1)  # frames between window starts (Su Zhang: 200)
+    batch: int = Field(8, ge=1)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_epochs: int = Field(2, ge=0)
+    patience: int = Field(8, ge=1)  # early stopping on validation mean CCC
+    workers: int = Field(0, ge=0)
+
+
+@dataclass(config=_STRICT)
+class PostprocessConfig:
+    method: Literal["none", "moving_average", "savgol", "median"] = "none"
+    window: tuple[int, int] = (1, 1)  # frames, (valence, arousal)
+
+    @field_validator("window")
+    @classmethod
+    def _odd_positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if any(w < 1 for w in v):
+            raise ValueError(f"windows must be >= 1, got {list(v)}")
+        return v
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "demo": DemoConfig,
+    "frames": FramesConfig,
+    "split": SplitConfig,
+    "features": FeaturesConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "postprocess": PostprocessConfig,
+}
+
+T = TypeVar("T")
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The raw params mapping; a missing or malformed file is a :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    return raw
+
+
+def section(name: str, path: str | Path = DEFAULT_PARAMS, raw: dict[str, Any] | None = None) -> Any:
+    """Load and validate one params section, e.g. ``section("train")`` -> :class:`TrainConfig`."""
+    cls = SECTIONS[name]
+    raw = read_params(path) if raw is None else raw
+    return build(cls, raw.get(name) or {}, prefix=name, source=str(path))
+
+
+def build(cls: type[T], values: dict[str, Any], prefix: str, source: str = "params.yaml") -> T:
+    """Validate ``values`` into ``cls``; errors name ``source`` and the dotted key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix}: must be a mapping, got {type(values).__name__}")
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "__root__")
+        msg = err["msg"]
+        if err["type"] == "unexpected_keyword_argument":
+            msg = "unknown key"
+        return _raise(f"{source}: {loc}: {msg}")
+    except TypeError as e:  # pydantic passes some keyword errors through as TypeError
+        return _raise(f"{source}: {prefix}: {e}")
+
+
+def _raise(msg: str) -> Any:
+    raise ConfigError(msg)
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A plain (JSON-able) dict of a config dataclass, for store attributes and metrics."""
+    from dataclasses import asdict
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(asdict(cfg))
