@@ -66,20 +66,21 @@ def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
 
 def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
     """The first audio stream of ``path`` as float32 (n_samples,) mono at ``sample_rate`` Hz; None if the file has
-    no audio stream. Channels are averaged (FFmpeg's downmix); the rate is converted by FFmpeg's resampler."""
+    no audio stream. Channels are averaged (not FFmpeg's downmix, which scales a stereo pair by 1/sqrt(2) each);
+    the rate is converted by FFmpeg's resampler."""
     path = Path(path)
     with _open(path) as c:
         if not c.streams.audio:
             return None
         stream = c.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: (channels, n) per frame
         chunks: list[np.ndarray] = []
         try:
             for frame in c.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):  # flush the resampler's delay line
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as e:
             raise InputError(f"{path}: cannot decode audio: {e}") from None
     if not chunks:

@@ -5,8 +5,8 @@
 - ``official``: fold 0 is the official validation set; the training set's videos are cut into folds 1..n-1
   (Su Zhang's rotation: each fold in turn validates, the official split is the first one).
 - ``random``: all videos are shuffled and cut into n folds.
-- Within a scheme, videos are shuffled with ``split.seed`` and dealt greedily, largest first, to the fold with
-  the fewest frames so far, so folds have similar sizes.
+- Within a scheme, videos are shuffled with ``split.seed`` and dealt, in that order, to the fold with the fewest
+  frames so far: folds differ in size by at most one video's frames, and the seed decides which videos meet.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ def deal(groups: dict[str, list[Trial]], n: int, seed: int) -> list[list[str]]:
     rng = np.random.default_rng(seed)
     names = sorted(groups)
     order = [names[i] for i in rng.permutation(len(names))]
-    # stable sort by size after the shuffle: ties keep the seeded order
-    order.sort(key=lambda v: -sum(t.n_frames for t in groups[v]))
     folds: list[list[str]] = [[] for _ in range(n)]
     sizes = [0] * n
     for v in order:

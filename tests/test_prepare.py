@@ -1,0 +1,195 @@
+"""prepare: the layout rules, missing crops, atomic outputs and every bad input of issue 2."""
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import DataConfig, DemoConfig, FramesConfig
+from pipeline.errors import InputError
+from pipeline.io.annotations import read_annotation
+from pipeline.io.media import probe_video
+from pipeline.io.prepared import FrameReader, load_index, read_audio
+from pipeline.stages import demo, prepare
+from pipeline.stages.prepare import fill_missing
+
+ANN = Path("annotations/VA_Estimation_Challenge")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("src") / "demo"
+    demo.run(DemoConfig(seed=1, n_videos=8, seconds=3.0, size=64), out)
+    return out
+
+
+@pytest.fixture
+def root(source, tmp_path):
+    """A private copy of the tiny demo that a test may damage."""
+    return Path(shutil.copytree(source, tmp_path / "root"))
+
+
+@pytest.fixture(scope="module")
+def prepared(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep") / "prepared"
+    prepare.run(DataConfig(root=str(source)), FramesConfig(size=48), out, jobs=2)
+    return out
+
+
+def test_index_follows_the_layout_rules(source, prepared):
+    index = load_index(prepared)
+    by = {t.name: t for t in index.trials}
+    assert by["demo03_left"].video == by["demo03_right"].video == "demo03"
+    ann = read_annotation(source / ANN / "Train_Set" / "demo00.txt")
+    assert list(by["demo00"].frames) == ann.frames.tolist() and by["demo00"].n_frames < ann.n_rows
+    tests = (source / "test_set.txt").read_text().split()
+    for name in tests:
+        t = by[name]
+        assert t.split == "test"
+        n = probe_video(source / index.videos[t.video].path, count_frames=True).n_frames
+        assert list(t.frames) == list(range(1, n + 1))
+    assert index.videos["demo05"].has_audio is False and index.audio_path("demo05") is None
+    assert index.videos["demo00"].fps == 30.0 and index.videos["demo01"].fps == 25.0
+    assert index.videos["demo06"].path.startswith("videos/set2/part/")
+    audio = read_audio(index.audio_path("demo00"))
+    assert abs(len(audio) / 16_000 - 3.0) < 0.1
+
+
+def test_frames_h5(source, prepared):
+    index = load_index(prepared)
+    with FrameReader(prepared / "frames.h5") as r:
+        for t in index.trials:
+            x, face = r.frames(t.name), r.face(t.name)
+            assert x.shape == (t.n_frames, 48, 48, 3) and x.dtype == np.uint8 and face.shape == (t.n_frames,)
+            labels = r.labels(t.name)
+            if t.split == "test":
+                assert labels is None
+            else:
+                assert labels.shape == (t.n_frames, 2) and labels.dtype == np.float32
+                assert np.all(np.abs(labels) <= 1)
+        # demo01's first 12 crops are missing: face False there, filled with the first real crop ("last" mode)
+        face, x = r.face("demo01"), r.frames("demo01")
+        assert not face[:12].any() and face[12]
+        np.testing.assert_array_equal(x[:12], np.broadcast_to(x[12], x[:12].shape))
+        # a real crop equals the jpg resized
+        first = int(load_index(prepared).trial("demo00").frames[0])
+        jpg = Image.open(source / "cropped_aligned" / "demo00" / f"{first:05d}.jpg").convert("RGB")
+        ref = np.asarray(jpg.resize((48, 48), Image.BILINEAR), dtype=np.float32)
+        assert np.abs(r.frames("demo00", 0, 1)[0].astype(np.float32) - ref).mean() < 6
+
+
+def test_missing_crops_last_and_zero():
+    x = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((6, 2, 2, 3), np.uint8) + 1
+    face = np.array([False, True, False, False, True, False])
+    last = fill_missing(x.copy(), face, None, "last")
+    y = x.copy()
+    fill_missing(y, face, None, "last")
+    assert [int(v) for v in y[:, 0, 0, 0]] == [1, 2, 2, 2, 5, 5]  # row 0 waits for backfill
+    np.testing.assert_array_equal(last, x[4])
+    z = x.copy()
+    z[~face] = 0
+    fill_missing(z, face, None, "zero")
+    assert [int(v) for v in z[:, 0, 0, 0]] == [0, 2, 0, 0, 5, 0]
+    carried = np.zeros((3, 2, 2, 3), np.uint8)
+    fill_missing(carried, np.zeros(3, bool), x[4], "last")  # a chunk without crops takes the previous chunk's
+    assert (carried == 5).all()
+
+
+def test_zero_mode_and_corrupt_crop_warns(root, tmp_path, capsys):
+    bad = root / "cropped_aligned" / "demo00" / "00005.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "prepared"
+    prepare.run(DataConfig(root=str(root)), FramesConfig(size=32, missing="zero"), out, jobs=1)
+    assert f"warning: {bad}: unreadable crop, counted as missing" in capsys.readouterr().err
+    with FrameReader(out / "frames.h5") as r:
+        face, x = r.face("demo00"), r.frames("demo00")
+        row = load_index(out).trial("demo00").frames.index(5)
+        assert not face[row] and x[row].max() == 0
+        assert not r.face("demo01")[:12].any() and r.frames("demo01")[:12].max() == 0
+
+
+def run_cli(root, out):
+    params = out.parent / "params.yaml"
+    params.write_text(f"data:\n  root: {root}\n")
+    return CliRunner().invoke(app, ["prepare", "--out", str(out), "--params", str(params), "--jobs", "1"])
+
+
+def damage(root: Path, what: str) -> str:
+    """Break ``root`` in one way; return the text the error line must contain."""
+    train = root / ANN / "Train_Set"
+    if what == "root":
+        shutil.rmtree(root)
+        return f"{root}: data.root does not exist"
+    if what == "header":
+        p = train / "demo00.txt"
+        p.write_text("\n".join(p.read_text().splitlines()[1:]))
+        return f"{p}:1: expected the header 'valence,arousal'"
+    if what == "text":
+        p = train / "demo02.txt"
+        lines = p.read_text().splitlines()
+        lines[7] = "0.1,high"
+        p.write_text("\n".join(lines) + "\n")
+        return f"{p}:8: not a number: 'high'"
+    if what == "nan":
+        p = train / "demo02.txt"
+        lines = p.read_text().splitlines()
+        lines[3] = "NaN,0.2"
+        p.write_text("\n".join(lines) + "\n")
+        return f"{p}:4: 'NaN' is not a finite number"
+    if what == "range":
+        p = train / "demo01.txt"
+        lines = p.read_text().splitlines()
+        lines[2] = "0.3,-1.2"
+        p.write_text("\n".join(lines) + "\n")
+        return f"{p}:3: -1.2 outside [-1, 1]"
+    if what == "no-video":
+        next((root / "videos").rglob("demo02.mp4")).unlink()
+        return f"{train / 'demo02.txt'}: no video demo02.mp4 or .avi under {root / 'videos'}"
+    if what == "undecodable":
+        p = next((root / "videos").rglob("demo01.mp4"))
+        p.write_bytes(b"\x00" * 5000)
+        return f"{p}: cannot open video"
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("what", ["root", "header", "text", "nan", "range", "no-video", "undecodable"])
+def test_bad_input_is_one_line_naming_the_file(root, tmp_path, what):
+    expected = damage(root, what)
+    out = tmp_path / "prepared"
+    result = run_cli(root, out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr
+    assert "Traceback" not in result.output
+    # nothing that looks finished is left behind
+    assert not (out / "index.json").exists() and not (out / "frames.h5").exists()
+
+
+def test_interrupted_run_leaves_no_finished_looking_file(root, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "backfill_leading", boom)  # dies inside the HDF5 writing loop
+    with pytest.raises(KeyboardInterrupt):
+        prepare.run(DataConfig(root=str(root)), FramesConfig(), out, jobs=1)
+    assert not (out / "frames.h5").exists() and not (out / "index.json").exists() and not (out / "audio").exists()
+
+
+def test_trial_annotated_twice_or_listed_as_test_is_an_error(root, tmp_path):
+    shutil.copy(root / ANN / "Train_Set" / "demo00.txt", root / ANN / "Validation_Set" / "demo00.txt")
+    with pytest.raises(InputError, match="trial 'demo00' is also annotated in"):
+        prepare.run(DataConfig(root=str(root)), FramesConfig(), tmp_path / "p", jobs=1)
+
+
+def test_prints_throughput(source, tmp_path, capsys):
+    prepare.run(DataConfig(root=str(source)), FramesConfig(size=24), tmp_path / "p", jobs=1)
+    report = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
+    assert report["frames"] > 0 and report["frames_per_s"] > 0
