@@ -244,5 +244,18 @@ def bench_train(
     bench.run(work, device=device)
 
 
+@bench_app.command("scan")
+@user_errors
+def bench_scan(
+    work: Annotated[Path, typer.Option(help="scratch folder (replaced)")] = Path("data/bench-scan"),
+    files: Annotated[int, typer.Option(help="crop files in the generated tree")] = 200_000,
+    baseline: Annotated[bool, typer.Option(help="also time a stage that depends on the tree directly")] = False,
+) -> None:
+    """No-op `dvc status` / `dvc repro` time over a large crop tree, with the scan manifest."""
+    from pipeline.bench import scan as bench
+
+    bench.run(work, files=files, baseline=baseline)
+
+
 def main() -> None:  # console-script entry point
     app()
