@@ -151,7 +151,8 @@ class TrainConfig:
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     patience: int = Field(8, ge=1)  # early stopping on validation mean CCC
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0)  # DataLoader worker processes (0: a background thread assembles batches)
+    preload_gb: float = Field(4.0, ge=0)  # load the fold's features into memory when they take less than this
 
 
 @dataclass(config=_STRICT)

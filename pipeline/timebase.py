@@ -39,3 +39,43 @@ def align_length(x: np.ndarray, n: int) -> np.ndarray:
         raise ValueError("cannot pad an empty sequence by repeating its last row")
     pad = np.repeat(x[-1:], n - t, axis=0)
     return np.concatenate([x, pad], axis=0)
+
+
+# ----------------------------------------------------------------------------------- audio frames per video frame
+def hop_frame(seconds: np.ndarray | float, hop: int, offset: float = 0.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Index (int64) of the hop-spaced analysis frame nearest to each time: frame ``k`` is the one whose reference
+    point sits at sample ``k * hop + offset``, i.e. ``k = round((t * sample_rate - offset) / hop)``.
+
+    - librosa frames with ``center=True`` (MFCC): reference = the window centre, ``offset = 0``.
+    - VGGish log-mel frames (``center=False``): frame ``k`` covers samples ``[k * hop, k * hop + win)``.
+    """
+    s = np.asarray(seconds, dtype=np.float64) * sample_rate
+    return np.floor((s - offset) / hop + 0.5).astype(np.int64)  # round half up, the same on every platform
+
+
+def centred_example_start(
+    seconds: np.ndarray | float, hop: int, win: int, n_frames: int, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """First frame (int64) of the run of ``n_frames`` uncentred frames (hop ``hop``, window ``win`` samples) whose
+    centre is nearest to each time. The run spans samples ``[k * hop, k * hop + (n_frames - 1) * hop + win)``, centre
+    ``k * hop + ((n_frames - 1) * hop + win) / 2``; VGGish (hop 160, win 400, 96 frames): centre ``160 k + 7800``,
+    at most half a hop (5 ms) from the frame time. ``k`` may be negative or run past the audio (edges are padded)."""
+    return hop_frame(seconds, hop, offset=((n_frames - 1) * hop + win) / 2.0, sample_rate=sample_rate)
+
+
+def audio_mask(seconds: np.ndarray, n_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) bool: the frame time lies within the audio track, i.e. its sample ``round(t * sr)`` is ``< n_samples``.
+    A video without audio has ``n_samples = 0`` and an all-False mask."""
+    return seconds_to_samples(seconds, sample_rate) < n_samples
+
+
+def audio_source_rows(mask: np.ndarray) -> np.ndarray:
+    """For each frame, the frame whose audio row it takes (int64, -1 = none: zeros).
+
+    Frames with audio take their own row; a frame past the end of a short track repeats the last row before it
+    (paper 3.2: a shorter sequence is padded by repeating its last row); a frame with no audio row before it
+    (no audio at all) gets -1. A track longer than the video needs nothing: rows exist only for the video's frames,
+    so the excess is trimmed by construction."""
+    mask = np.asarray(mask, dtype=bool)
+    idx = np.where(mask, np.arange(len(mask)), -1)
+    return np.maximum.accumulate(idx) if len(idx) else idx.astype(np.int64)

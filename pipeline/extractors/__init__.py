@@ -1,0 +1,185 @@
+"""Extractors: each a model (or function) plus its input contract; :func:`build` turns a params section into the
+uniform :class:`Extractor` the extract stage drives.
+
+An :class:`Extractor` has two halves:
+- ``inputs``, run by the stage's reader threads on the CPU: prepared data -> a batch of model inputs
+  (``frames`` kind: uint8 crops as stored; ``audio`` kind: ``audio_inputs(source, times)``);
+- ``forward``, run on the device: a batch of inputs -> (B, *row_shape) features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pipeline.config import IResNetConfig, MFCCConfig, VGGishConfig, as_dict
+from pipeline.extractors import weights as W
+from pipeline.extractors.audio import AudioSource
+
+NAMES = ("iresnet", "vggish", "mfcc")
+_HERE = Path(__file__).resolve().parent
+
+
+def code_version(name: str) -> str:
+    """sha256 (16 hex) of the sources that decide an extractor's rows: its module, the shared audio / weights
+    helpers and the time arithmetic. A store made by other code rebuilds itself (the fingerprint differs)."""
+    h = hashlib.sha256()
+    for f in (_HERE / f"{name}.py", _HERE / "audio.py", _HERE / "weights.py", _HERE / "__init__.py", _HERE.parent / "timebase.py"):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Extractor:
+    name: str
+    kind: Literal["frames", "audio"]
+    row_shape: tuple[int, ...]
+    dtype: str  # store dtype
+    batch: int
+    weights: str  # sha256 of the weights file(s), or "random-init"
+    params: dict[str, Any]  # what decides the rows (fingerprint and store attributes)
+    contract: dict[str, Any]  # the input contract, recorded in the store
+    device: torch.device
+    module: Callable[[torch.Tensor], torch.Tensor] | None = None  # None: inputs are already the rows (MFCC)
+    audio_inputs: Callable[[AudioSource, np.ndarray], np.ndarray] | None = None
+    precision: str = "float32"
+    extra_attrs: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) inputs on any device -> (B, *row_shape) float tensor on ``self.device``."""
+        if self.module is None:
+            return x
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.module(x)
+        return self.module(x)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"--device {device}: CUDA is not available on this machine")
+    return d
+
+
+def _prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    module = module.eval().to(device)
+    return module.to(memory_format=torch.channels_last)
+
+
+def build(name: str, cfg: Any, frames_size: int, device: str | torch.device = "auto") -> Extractor:
+    """The extractor ``name`` from its params section (``features.<name>``), weights loaded and checked."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if name == "iresnet":
+        return _build_iresnet(cfg, frames_size, dev)
+    if name == "vggish":
+        return _build_vggish(cfg, dev)
+    if name == "mfcc":
+        return _build_mfcc(cfg, dev)
+    raise ValueError(f"unknown extractor {name!r} (known: {', '.join(NAMES)})")
+
+
+def _params(cfg: Any) -> dict[str, Any]:
+    """Parameters that decide the rows: the params section minus paths (the digest stands for the file) and
+    the batch size (it changes throughput, not rows)."""
+    return {k: v for k, v in as_dict(cfg).items() if k not in ("batch", "weights", "sha256", "pca_weights", "pca_sha256")}
+
+
+def _build_iresnet(cfg: IResNetConfig, size: int, dev: torch.device) -> Extractor:
+    from pipeline.extractors import iresnet as R
+
+    contract = {"input": f"RGB uint8 ({size}, {size}, 3) crops", "normalise": "(x / 255 - 0.5) / 0.5"}
+    params = {**_params(cfg), "frames_size": size}
+    if cfg.weights and str(cfg.weights).endswith(".onnx"):
+        digest = W.check_file(cfg.weights, cfg.sha256, "features.iresnet.weights")
+        emb = R.OnnxEmbedder(cfg.weights, dev)
+        contract = {"input": f"RGB uint8 crops resized to {emb.size} px", "normalise": "insightface ArcFaceONNX"}
+        return Extractor(
+            "iresnet", "frames", (emb.dim,), cfg.dtype, cfg.batch, digest, {**params, "onnx": True, "pooled": True},
+            contract, torch.device("cpu"), module=emb, precision="onnxruntime",
+        )
+    net = R.iresnet50()
+    if cfg.weights:
+        digest = W.check_file(cfg.weights, cfg.sha256, "features.iresnet.weights")
+        W.load_strict(net, W.load_state_dict(cfg.weights), cfg.weights)
+    else:
+        W.warn_random_init("iresnet")
+        R.random_init(net)
+        digest = W.RANDOM_INIT
+    module = _prepare_module(R.IResNetFeatures(net, cfg.pooled), dev)
+    return Extractor(
+        "iresnet", "frames", R.row_shape(size, cfg.pooled), cfg.dtype, cfg.batch, digest, params, contract, dev,
+        module=module, precision="autocast-float16" if dev.type == "cuda" else "float32",
+    )
+
+
+def _build_vggish(cfg: VGGishConfig, dev: torch.device) -> Extractor:
+    from pipeline.extractors import vggish as V
+
+    torch.manual_seed(W.SEED)
+    net = V.build_network()
+    if cfg.weights:
+        digest = W.check_file(cfg.weights, cfg.sha256, "features.vggish.weights")
+        W.load_strict(net, W.load_state_dict(cfg.weights), cfg.weights)
+    else:
+        W.warn_random_init("vggish")
+        digest = W.RANDOM_INIT
+    pca = None
+    if cfg.pca:
+        if not cfg.pca_weights:
+            raise W.WeightsError("features.vggish.pca is true but features.vggish.pca_weights is null")
+        pca_digest = W.check_file(cfg.pca_weights, cfg.pca_sha256, "features.vggish.pca_weights")
+        pca = V.check_pca(W.load_state_dict(cfg.pca_weights), cfg.pca_weights)
+        digest = f"{digest}+pca:{pca_digest}"
+    module = _prepare_module(V.VGGishFeatures(net, pca), dev)
+    c = V.CONTRACT
+    contract = {
+        "sample_rate": c.sample_rate, "stft_window": c.win, "stft_hop": c.hop, "mel_bands": c.n_bands,
+        "example_frames": c.n_frames, "example": "96 log-mel frames centred on the frame time (<= 5 ms off)",
+        "edges": "zeros (silence) beyond the track",
+    }
+    return Extractor(
+        "vggish", "audio", (c.dim,), cfg.dtype, cfg.batch, digest, _params(cfg), contract, dev,
+        module=module, audio_inputs=lambda src, t: V.examples_at(src, t)[:, None],  # (n, 96, 64) -> (n, 1, 96, 64)
+        precision="autocast-float16" if dev.type == "cuda" else "float32",
+    )
+
+
+class _MFCCInputs:
+    """MFCC rows at frame times, with the per-track ``top_db`` reference cached (one pass per video)."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+        self._max: dict[str, float] = {}
+
+    def __call__(self, src: AudioSource, times: np.ndarray) -> np.ndarray:
+        from pipeline.extractors import mfcc as M
+
+        if src.key not in self._max:
+            self._max[src.key] = M.max_mel_power(src, self.p)
+        return M.mfcc_at(src, times, self.p, max_power=self._max[src.key])
+
+
+def _build_mfcc(cfg: MFCCConfig, dev: torch.device) -> Extractor:
+    from pipeline.extractors import mfcc as M
+
+    p = M.MFCCParams(n_mfcc=cfg.n_mfcc, n_mels=cfg.n_mels, window_ms=cfg.window_ms, hop_ms=cfg.hop_ms)
+    contract = {
+        "sample_rate": p.sample_rate, "n_fft": p.win, "hop": p.hop, "center": True,
+        "rows": "librosa mfcc + delta + delta2 (width 9) at the centred frame nearest the frame time",
+    }
+    return Extractor(
+        "mfcc", "audio", (p.dim,), cfg.dtype, 1024, "none", _params(cfg), contract, torch.device("cpu"),
+        module=None, audio_inputs=_MFCCInputs(p), precision="float32 (numpy)",
+    )

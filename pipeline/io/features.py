@@ -2,39 +2,53 @@
 trial's frames.
 
 Physical layout (Zarr v3, sharded). DVC hashes every file of an output, so a store must stay at tens of files
-however many trials it holds; one array per trial would be 600+ ``zarr.json`` files on Aff-Wild2. Instead trials are
-concatenated into ``n_buckets`` buckets::
+however many trials and frames it holds; one array per trial would be 600+ ``zarr.json`` files on Aff-Wild2. Instead
+trials are concatenated into ``n_buckets`` (16) buckets, and each bucket array is one shard file::
 
     <name>.zarr/zarr.json        root attributes: extractor, dim, row_shape, dtype, weights, parameters,
                                  code_version, fingerprint, fps {trial: fps}, layout {trial: [bucket, start, stop]}
-    <name>.zarr/b00/rows         (R, *row_shape) float16/float32, chunks of ``chunk_rows``, shards of ~256 MiB
+    <name>.zarr/b00/rows         (R, *row_shape) float16/float32, chunks of ``CHUNK_ROWS`` rows, one shard
     <name>.zarr/b00/mask         (R,) bool: the row is backed by real input (a face crop, audio at that time)
-    <name>.zarr/b00 attrs        {"flushed": rows written so far}
+    <name>.zarr/b00 attrs        {"flushed": rows on disk so far}
 
-A trial is complete when ``stop <= flushed`` of its bucket. Rows are buffered and written one whole shard at a
-time (a partial shard write rewrites the shard), so ``flushed`` only moves forward after a shard is on disk; a crash
-loses at most one shard of work and a re-run redoes the partial trial. ``--shard i/n`` processes own disjoint
-buckets (``b % n == i``), so several processes fill one store without touching the same file.
+So a store has at most ``1 + 5 * n_buckets`` = 81 files, whatever the dataset size.
+
+Writing streams. Zarr-python rewrites a whole shard on every partial write, so a writer that goes through zarr must
+hold a whole shard in memory (hundreds of MiB on Aff-Wild2). Instead :meth:`FeatureStore.append` writes each
+completed chunk's raw bytes straight into the shard file (uncompressed ``bytes`` codec: chunk ``k`` sits at offset
+``k * chunk_bytes``), and when a bucket's last row arrives it pads the tail chunk and appends the shard index
+(``(offset, nbytes)`` uint64 pairs + crc32c, exactly what zarr's ``sharding_indexed`` codec writes and reads). Memory
+is one chunk per bucket, independent of trial and dataset size. Reads go through zarr.
+
+Resuming. ``flushed`` moves forward only after the chunk bytes are in the file, so a trial is complete when
+``stop <= flushed`` of its bucket; a crash loses at most the rows of one unfinished chunk, and a re-run truncates the
+shard file to ``flushed`` and redoes the partial trial. ``--shard i/n`` processes own disjoint buckets
+(``b % n == i``), so several processes fill one store without touching the same file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 
 from pipeline.errors import PipelineError
 
-SHARD_BYTES = 256 * 2**20  # target shard size: ~100 files for Aff-Wild2's IResNet maps, bounded write buffer
-CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read
-FORMAT = "va-pipeline-features/1"
+CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read and of resuming
+N_BUCKETS = 16  # buckets per store: the most `--shard` processes that get work; 1 + 5 * 16 = 81 files
+FORMAT = "va-pipeline-features/2"
+_EMPTY = np.uint64(2**64 - 1)  # shard index entry of a missing chunk
 
 
 class StoreError(PipelineError):
@@ -58,22 +72,73 @@ def plan_layout(trials: Mapping[str, int], n_buckets: int) -> dict[str, list[int
     return layout
 
 
-def shard_rows_for(row_shape: tuple[int, ...], dtype: str, bucket_rows: int) -> int:
-    """Rows per shard: ~:data:`SHARD_BYTES`, a multiple of :data:`CHUNK_ROWS`, no more than the bucket needs."""
-    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    rows = max(CHUNK_ROWS, (SHARD_BYTES // row_bytes) // CHUNK_ROWS * CHUNK_ROWS)
-    needed = max(CHUNK_ROWS, math.ceil(bucket_rows / CHUNK_ROWS) * CHUNK_ROWS)
-    return min(rows, needed)
+def shard_rows_for(bucket_rows: int) -> int:
+    """Rows of the bucket's single shard: the bucket rounded up to whole chunks (at least one chunk)."""
+    return max(CHUNK_ROWS, math.ceil(bucket_rows / CHUNK_ROWS) * CHUNK_ROWS)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``<store>.lock`` beside the store, so `--shard` processes that start together do not both
+    create (and delete each other's) store."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / (path.name + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _ShardWriter:
+    """Streams one bucket array (rows or mask) into its shard file, chunk by chunk (see the module docstring)."""
+
+    def __init__(self, file: Path, total_rows: int, row_shape: tuple[int, ...], dtype: np.dtype, flushed: int) -> None:
+        self.file = file
+        self.total = total_rows
+        self.row_shape = row_shape
+        self.dtype = dtype.newbyteorder("<")  # the `bytes` codec is little-endian
+        self.chunk_bytes = CHUNK_ROWS * int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.n_chunks = shard_rows_for(total_rows) // CHUNK_ROWS
+        file.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(file, "r+b" if file.exists() else "w+b")
+        # drop whatever a crashed run wrote past the last chunk that `flushed` vouches for
+        self.f.truncate(flushed // CHUNK_ROWS * self.chunk_bytes)
+        self.f.seek(0, os.SEEK_END)
+
+    def write_chunks(self, rows: np.ndarray) -> None:
+        """``rows``: whole chunks (a multiple of CHUNK_ROWS rows), or the bucket's padded last chunk."""
+        self.f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+
+    def finish(self) -> None:
+        """Append the shard index and its crc32c checksum: the shard becomes readable by zarr."""
+        assert self.f.tell() == self.n_chunks * self.chunk_bytes, (self.f.tell(), self.n_chunks, self.chunk_bytes)
+        index = np.empty((self.n_chunks, 2), dtype="<u8")
+        index[:, 0] = np.arange(self.n_chunks, dtype=np.uint64) * np.uint64(self.chunk_bytes)
+        index[:, 1] = self.chunk_bytes
+        raw = index.tobytes()
+        self.f.write(raw + np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
+        self.close()
+
+    def sync(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.f.close()
 
 
 @dataclass
-class _Buffer:
-    """Rows of one bucket waiting for a whole shard; ``start`` is the bucket row of ``rows[0]``."""
+class _Bucket:
+    """Writing state of one bucket: the writers and rows of the unfinished chunk (fewer than CHUNK_ROWS)."""
 
-    start: int
-    rows: list[np.ndarray] = field(default_factory=list)
-    mask: list[np.ndarray] = field(default_factory=list)
-    n: int = 0
+    flushed: int
+    rows: _ShardWriter
+    mask: _ShardWriter
+    tail_rows: list[np.ndarray] = field(default_factory=list)
+    tail_mask: list[np.ndarray] = field(default_factory=list)
+    tail_n: int = 0
 
 
 class FeatureStore:
@@ -87,8 +152,14 @@ class FeatureStore:
             raise StoreError(f"{path}: not a feature store of this pipeline (format {self.attrs.get('format')!r})")
         self.layout: dict[str, list[int]] = self.attrs["layout"]
         self.row_shape: tuple[int, ...] = tuple(self.attrs["row_shape"])
-        self._buffers: dict[int, _Buffer] = {}
+        self.dtype = np.dtype(self.attrs["dtype"])
+        self._writing: dict[int, _Bucket] = {}
         self._arrays: dict[int, tuple[zarr.Array, zarr.Array]] = {}
+        self._subgroups: dict[int, zarr.Group] = {}
+        totals = [0] * int(self.attrs["n_buckets"])
+        for b, _, stop in self.layout.values():
+            totals[b] = max(totals[b], stop)
+        self._totals = totals
 
     # ------------------------------------------------------------------------------------------- opening
     @classmethod
@@ -116,7 +187,7 @@ class FeatureStore:
         fps: Mapping[str, float],
         fingerprint: Mapping[str, Any],
         attrs: Mapping[str, Any] | None = None,
-        n_buckets: int = 8,
+        n_buckets: int = N_BUCKETS,
     ) -> "FeatureStore":
         """Open the store at ``path`` for filling, creating it when absent or when it was made from other inputs.
 
@@ -132,24 +203,24 @@ class FeatureStore:
             "row_shape": list(row_shape),
             "dim": int(np.prod(row_shape)),
             "dtype": dtype,
+            "chunk_rows": CHUNK_ROWS,
             "fingerprint": json.loads(json.dumps(dict(fingerprint), sort_keys=True)),
             "fps": {k: float(v) for k, v in sorted(fps.items())},
             "layout": layout,
             "n_buckets": n_buckets,
-            **dict(attrs or {}),
+            **json.loads(json.dumps(dict(attrs or {}))),
         }
-        if (path / "zarr.json").exists():
-            try:
-                old = dict(zarr.open_group(str(path), mode="r").attrs)
-            except Exception:  # noqa: BLE001 - an unreadable store is rebuilt, not trusted
-                old = {}
-            same = all(old.get(k) == meta[k] for k in ("format", "fingerprint", "layout", "row_shape", "dtype"))
-            if same:
-                group = zarr.open_group(str(path), mode="r+")
-                group.attrs.update({k: v for k, v in meta.items() if k not in ("fingerprint", "layout")})
-                return cls(path, group)
-            shutil.rmtree(path)
-        return cls._create(path, meta, row_shape, dtype, n_buckets)
+        with _locked(path):
+            if (path / "zarr.json").exists():
+                try:
+                    old = dict(zarr.open_group(str(path), mode="r").attrs)
+                except Exception:  # noqa: BLE001 - an unreadable store is rebuilt, not trusted
+                    old = {}
+                keys = ("format", "fingerprint", "layout", "row_shape", "dtype", "chunk_rows", "n_buckets")
+                if all(old.get(k) == meta[k] for k in keys):
+                    return cls(path, zarr.open_group(str(path), mode="r+"))
+                shutil.rmtree(path)
+            return cls._create(path, meta, row_shape, dtype, n_buckets)
 
     @classmethod
     def _create(cls, path: Path, meta: dict[str, Any], row_shape: tuple[int, ...], dtype: str, n_buckets: int):
@@ -158,19 +229,23 @@ class FeatureStore:
         for b, _, stop in meta["layout"].values():
             totals[b] = max(totals[b], stop)
         for b, rows in enumerate(totals):
+            if not rows:  # an empty bucket (fewer trials than buckets) has no files
+                continue
             sub = group.create_group(bucket_name(b), attributes={"flushed": 0})
-            shard = shard_rows_for(row_shape, dtype, rows)
+            shard = shard_rows_for(rows)
+            # compressors=None: the streaming writer relies on fixed-size chunks (float features barely compress)
             sub.create_array(
                 "rows",
                 shape=(rows, *row_shape),
                 dtype=dtype,
                 chunks=(CHUNK_ROWS, *row_shape),
                 shards=(shard, *row_shape),
-                compressors=None,  # float features barely compress; decoding would cost more than the disk
+                compressors=None,
                 fill_value=0,
             )
             sub.create_array(
-                "mask", shape=(rows,), dtype=bool, chunks=(CHUNK_ROWS,), shards=(shard,), fill_value=False
+                "mask", shape=(rows,), dtype=bool, chunks=(CHUNK_ROWS,), shards=(shard,), compressors=None,
+                fill_value=False,
             )
         group.attrs.update(meta)
         return cls(path, group)
@@ -198,34 +273,63 @@ class FeatureStore:
         except KeyError:
             raise StoreError(f"{self.path}: no trial {trial!r} in this store") from None
 
+    def _sub(self, b: int) -> zarr.Group:
+        if b not in self._subgroups:
+            self._subgroups[b] = self._group[bucket_name(b)]
+        return self._subgroups[b]
+
     def _bucket(self, b: int) -> tuple[zarr.Array, zarr.Array]:
         if b not in self._arrays:
-            sub = self._group[bucket_name(b)]
+            sub = self._sub(b)
             self._arrays[b] = (sub["rows"], sub["mask"])
         return self._arrays[b]
 
     def flushed(self, b: int) -> int:
-        return int(self._group[bucket_name(b)].attrs["flushed"])
+        """Rows of bucket ``b`` on disk, read from its ``zarr.json`` (written by another process under --shard)."""
+        if not self._totals[b]:
+            return 0
+        meta = json.loads((self.path / bucket_name(b) / "zarr.json").read_text())
+        return int(meta["attributes"]["flushed"])
 
     def is_complete(self, trial: str) -> bool:
         b, _, stop = self._where(trial)
         return stop <= self.flushed(b)
 
-    def read(self, trial: str) -> np.ndarray:
-        """The trial's rows, shape (N, *row_shape), in the store's dtype."""
+    def _chunk_key(self, ndim: int) -> str:
+        return "c/" + "/".join("0" * ndim)
+
+    def _read(self, trial: str, which: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
         b, start, stop = self._where(trial)
-        return self._bucket(b)[0][start:stop]
+        flushed = self.flushed(b)
+        if stop > flushed:
+            raise StoreError(f"{self.path}: trial {trial!r} is not extracted yet")
+        hi = stop - start if hi is None else min(hi, stop - start)
+        start, stop = start + lo, start + hi
+        if flushed >= self._totals[b]:  # finished bucket: a normal zarr shard
+            return self._bucket(b)[0 if which == "rows" else 1][start:stop]
+        # a finished trial in an unfinished bucket: its chunks are on disk but the shard has no index yet
+        shape = self.row_shape if which == "rows" else ()
+        dtype = self.dtype.newbyteorder("<") if which == "rows" else np.dtype(bool)
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        file = self.path / bucket_name(b) / which / self._chunk_key(1 + len(shape))
+        out = np.fromfile(file, dtype=dtype, count=(stop - start) * int(np.prod(shape, dtype=np.int64)), offset=start * row_bytes)
+        return out.reshape(stop - start, *shape).astype(dtype.newbyteorder("="))
+
+    def read(self, trial: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The trial's rows ``lo:hi`` (default: all N), shape (n, *row_shape), in the store's dtype. Only the
+        64-row chunks that overlap the range are read."""
+        return self._read(trial, "rows", lo, hi)
 
     def mask(self, trial: str) -> np.ndarray:
         """(N,) bool: True where the row comes from real input (a face crop; audio at that frame time)."""
-        b, start, stop = self._where(trial)
-        return self._bucket(b)[1][start:stop]
+        return self._read(trial, "mask")
 
     # ------------------------------------------------------------------------------------------- writing
     def pending(self, shard: tuple[int, int] = (0, 1)) -> list[str]:
         """Trials of buckets ``b % n == i`` not complete yet, in write order (bucket, then row)."""
         i, n = shard
-        todo = [(b, start, t) for t, (b, start, stop) in self.layout.items() if b % n == i and not self.is_complete(t)]
+        flushed = {b: self.flushed(b) for b in range(len(self._totals)) if b % n == i}
+        todo = [(b, start, t) for t, (b, start, stop) in self.layout.items() if b in flushed and stop > flushed[b]]
         return [t for _, _, t in sorted(todo)]
 
     def resume_row(self, trial: str) -> int:
@@ -233,11 +337,24 @@ class FeatureStore:
         b, start, stop = self._where(trial)
         return min(max(self.flushed(b) - start, 0), stop - start)
 
+    def _writer(self, b: int) -> _Bucket:
+        w = self._writing.get(b)
+        if w is None:
+            flushed = self.flushed(b)
+            total = self._totals[b]
+            d = self.path / bucket_name(b)
+            w = self._writing[b] = _Bucket(
+                flushed=flushed // CHUNK_ROWS * CHUNK_ROWS,
+                rows=_ShardWriter(d / "rows" / self._chunk_key(1 + len(self.row_shape)), total, self.row_shape, self.dtype, flushed),
+                mask=_ShardWriter(d / "mask" / self._chunk_key(1), total, (), np.dtype(bool), flushed),
+            )
+        return w
+
     def append(self, trial: str, first_row: int, rows: np.ndarray, mask: np.ndarray) -> None:
         """Add ``rows`` (n, *row_shape) and ``mask`` (n,) as the trial's rows ``first_row .. first_row + n``.
 
         Rows of a bucket must arrive in order (trials in :meth:`pending` order, each from :meth:`resume_row` on);
-        whole shards are written as soon as they fill. Call :meth:`flush` at the end.
+        whole chunks go to disk as soon as they fill, and the bucket's shard is finished with its last row.
         """
         b, start, stop = self._where(trial)
         if rows.shape[1:] != self.row_shape or len(rows) != len(mask):
@@ -245,37 +362,54 @@ class FeatureStore:
         at = start + first_row
         if at + len(rows) > stop:
             raise StoreError(f"{self.path}: {trial!r} has {stop - start} rows, got rows up to {first_row + len(rows)}")
-        buf = self._buffers.get(b)
-        if buf is None:
-            buf = self._buffers[b] = _Buffer(start=self.flushed(b))
-        if at != buf.start + buf.n:
-            raise StoreError(f"{self.path}: bucket {b}: rows must be appended in order (expected row {buf.start + buf.n}, got {at})")
-        buf.rows.append(np.asarray(rows, dtype=self.attrs["dtype"]))
-        buf.mask.append(np.asarray(mask, dtype=bool))
-        buf.n += len(rows)
-        arr = self._bucket(b)[0]
-        shard = arr.shards[0] if arr.shards else arr.chunks[0]
-        whole = (buf.start + buf.n) // shard * shard  # write only up to the last shard boundary reached
-        if whole > buf.start:
-            self._write(b, whole)
+        w = self._writer(b)
+        if at != w.flushed + w.tail_n:
+            raise StoreError(
+                f"{self.path}: bucket {b}: rows must be appended in order (expected row {w.flushed + w.tail_n}, got {at})"
+            )
+        w.tail_rows.append(np.asarray(rows, dtype=self.dtype))
+        w.tail_mask.append(np.asarray(mask, dtype=bool))
+        w.tail_n += len(rows)
+        end = w.flushed + w.tail_n
+        total = self._totals[b]
+        upto = total if end == total else end // CHUNK_ROWS * CHUNK_ROWS  # last chunk boundary reached
+        if upto > w.flushed:
+            self._write(b, w, upto)
+
+    def _write(self, b: int, w: _Bucket, upto: int) -> None:
+        rows = np.concatenate(w.tail_rows) if len(w.tail_rows) > 1 else w.tail_rows[0]
+        mask = np.concatenate(w.tail_mask) if len(w.tail_mask) > 1 else w.tail_mask[0]
+        k = upto - w.flushed
+        out_rows, out_mask = rows[:k], mask[:k]
+        finished = upto == self._totals[b]
+        if finished and k % CHUNK_ROWS:  # pad the bucket's last chunk to full chunk shape, as zarr stores it
+            pad = CHUNK_ROWS - k % CHUNK_ROWS
+            out_rows = np.concatenate([out_rows, np.zeros((pad, *self.row_shape), dtype=self.dtype)])
+            out_mask = np.concatenate([out_mask, np.zeros(pad, dtype=bool)])
+        w.rows.write_chunks(out_rows)
+        w.mask.write_chunks(out_mask)
+        if finished:
+            w.rows.finish()
+            w.mask.finish()
+        else:
+            w.rows.sync()
+            w.mask.sync()
+        # the bytes are in the files before `flushed` says so: a crash in between only costs a redo
+        self._sub(b).attrs["flushed"] = upto
+        w.flushed = upto
+        w.tail_rows = [rows[k:]] if k < len(rows) else []
+        w.tail_mask = [mask[k:]] if k < len(mask) else []
+        w.tail_n = len(rows) - k
+        if finished:
+            del self._writing[b]
 
     def flush(self) -> None:
-        """Write every buffered row (the tail of each bucket, partial shards included)."""
-        for b, buf in list(self._buffers.items()):
-            if buf.n:
-                self._write(b, buf.start + buf.n)
-
-    def _write(self, b: int, upto: int) -> None:
-        buf = self._buffers[b]
-        rows = np.concatenate(buf.rows) if len(buf.rows) > 1 else buf.rows[0]
-        mask = np.concatenate(buf.mask) if len(buf.mask) > 1 else buf.mask[0]
-        k = upto - buf.start
-        arr_rows, arr_mask = self._bucket(b)
-        arr_rows[buf.start:upto] = rows[:k]
-        arr_mask[buf.start:upto] = mask[:k]
-        # the rows are on disk before `flushed` says so: a crash in between only costs a redo
-        self._group[bucket_name(b)].attrs["flushed"] = upto
-        self._buffers[b] = _Buffer(start=upto, rows=[rows[k:]] if k < len(rows) else [], mask=[mask[k:]] if k < len(mask) else [], n=len(rows) - k)
+        """End of a run: close the shard files. Rows of an unfinished chunk (only possible when the run stopped
+        before its buckets were complete) are dropped and redone by the next run."""
+        for w in self._writing.values():
+            w.rows.close()
+            w.mask.close()
+        self._writing.clear()
 
     def files(self) -> Iterator[Path]:
         """Every file of the store (what DVC hashes)."""

@@ -1,0 +1,269 @@
+"""``extract@<name>``: ``data/prepared/`` -> ``features/<name>.zarr`` (format: pipeline/io/features.py).
+
+The driver around an extractor (pipeline/extractors): which trials, in what batches, on which device, and writing.
+
+- Trials come from ``index.json``; every trial gets N rows, one per frame of ``frames`` (frame ``f`` at
+  ``(f - 1) / fps`` s). ``iresnet`` reads the crops of ``frames.h5``, mask = ``face``. The audio extractors read
+  ``audio/<video>.wav`` around each frame time, mask = the video has audio and the frame time lies within the track;
+  frames past the end of a short track repeat the last row (paper 3.2), a video without audio gives zero rows.
+- Batches cross trial boundaries: a batch is a list of pieces ``(trial, lo, hi)`` filled to ``batch`` frames.
+- Three threads overlap: a reader prepares batch inputs (HDF5 reads, log-mel slicing) ahead of the model, the main
+  thread runs the model (``torch.inference_mode``; on CUDA with float16 autocast, channels-last and pinned memory),
+  and a writer appends rows to the store. Memory: a few batches plus one chunk per store bucket.
+- Resuming: only incomplete trials of this ``--shard i/n`` run, each from its first row not on disk. The store's
+  fingerprint (extractor parameters, weights digest, code version, prepared inputs) decides whether an existing
+  store is resumed or rebuilt, which is what dvc.yaml's ``persist: true`` relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.extractors import Extractor, build, code_version
+from pipeline.extractors.audio import AudioSource
+from pipeline.io.features import FeatureStore
+from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, load_index
+from pipeline.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, frame_times
+
+PREFETCH = 3  # batches prepared ahead of the model
+
+
+@dataclass(frozen=True)
+class Piece:
+    trial: str
+    lo: int  # first row
+    hi: int  # one past the last row
+
+
+@dataclass
+class Batch:
+    pieces: list[Piece]
+    x: torch.Tensor  # (m, ...) model inputs, m <= rows
+    take: np.ndarray  # (rows,) int: row i is output take[i], or zeros when -1
+    mask: np.ndarray  # (rows,) bool
+
+
+def plan_batches(store: FeatureStore, trials: list[str], batch: int) -> Iterator[list[Piece]]:
+    """Pieces of ``batch`` rows (the last one shorter), crossing trial boundaries, in the store's write order."""
+    cur: list[Piece] = []
+    room = batch
+    for t in trials:
+        r, n = store.resume_row(t), store.n_rows(t)
+        while r < n:
+            k = min(room, n - r)
+            cur.append(Piece(t, r, r + k))
+            r += k
+            room -= k
+            if room == 0:
+                yield cur
+                cur, room = [], batch
+    if cur:
+        yield cur
+
+
+class Inputs:
+    """Reader side: prepared data -> :class:`Batch` (runs in the reader thread; one instance per thread)."""
+
+    def __init__(self, ex: Extractor, index: PreparedIndex, pin: bool) -> None:
+        self.ex = ex
+        self.index = index
+        self.trials = {t.name: t for t in index.trials}
+        self.pin = pin
+        self._frames: FrameReader | None = None
+        self._audio: OrderedDict[str, AudioSource] = OrderedDict()
+        self._timing: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+        for a in self._audio.values():
+            a.close()
+
+    def _audio_source(self, video: str) -> AudioSource:
+        if video not in self._audio:
+            path = self.index.audio_path(video) if self.index.videos[video].has_audio else None
+            self._audio[video] = AudioSource(path, key=video) if path else AudioSource.silent(video)
+            if len(self._audio) > 4:  # trials of one video are rarely far apart; keep a few files open
+                self._audio.popitem(last=False)[1].close()
+        return self._audio[video]
+
+    def timing(self, t: Trial, n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per trial: frame times (N,), audio mask (N,), audio source row (N,) (see pipeline.timebase)."""
+        if t.name not in self._timing:
+            times = frame_times(t.frame_numbers, t.fps)
+            mask = audio_mask(times, n_samples)
+            self._timing = {t.name: (times, mask, audio_source_rows(mask))}  # one trial at a time is enough
+        return self._timing[t.name]
+
+    def __call__(self, pieces: list[Piece]) -> Batch:
+        rows = sum(p.hi - p.lo for p in pieces)
+        mask = np.empty(rows, dtype=bool)
+        if self.ex.kind == "frames":
+            if self._frames is None:
+                self._frames = FrameReader(self.index.root / "frames.h5")
+            s = self.index.frames_size
+            x = torch.empty((rows, s, s, 3), dtype=torch.uint8, pin_memory=self.pin)
+            xn = x.numpy()
+            at = 0
+            for p in pieces:
+                n = p.hi - p.lo
+                xn[at : at + n] = self._frames.frames(p.trial, p.lo, p.hi)
+                mask[at : at + n] = self._frames.face(p.trial)[p.lo : p.hi]
+                at += n
+            return Batch(pieces, x, np.arange(rows), mask)
+        # audio: compute each distinct source row once (frames past a short track share the last one)
+        take = np.full(rows, -1, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        at, m = 0, 0
+        for p in pieces:
+            t = self.trials[p.trial]
+            src = self._audio_source(t.video)
+            times, amask, srcrow = self.timing(t, src.n_samples)
+            n = p.hi - p.lo
+            mask[at : at + n] = amask[p.lo : p.hi]
+            rows_src = srcrow[p.lo : p.hi]
+            need = rows_src >= 0
+            if need.any():
+                uniq, inv = np.unique(rows_src[need], return_inverse=True)
+                parts.append(self.ex.audio_inputs(src, times[uniq]))
+                take[at : at + n][need] = m + inv.reshape(-1)
+                m += len(uniq)
+            at += n
+        if parts:
+            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        else:
+            arr = np.zeros((0, *self.ex.row_shape), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return Batch(pieces, x.pin_memory() if self.pin else x, take, mask)
+
+
+def fingerprint(ex: Extractor, index: PreparedIndex) -> dict[str, Any]:
+    """Everything that decides the rows: extractor parameters, weights digest, code version, prepared inputs
+    (index.json's digest; size and mtime of frames.h5 or of each audio file the store reads)."""
+    root = index.root
+
+    def stat(p: Path) -> list[int]:
+        s = p.stat()
+        return [s.st_size, s.st_mtime_ns]
+
+    inputs: dict[str, Any] = {"index.json": hashlib.sha256((root / "index.json").read_bytes()).hexdigest()}
+    if ex.kind == "frames":
+        inputs["frames.h5"] = stat(root / "frames.h5")
+    else:
+        inputs["audio"] = {
+            v: stat(root / vid.audio) for v, vid in sorted(index.videos.items()) if vid.has_audio and vid.audio
+        }
+    return {
+        "extractor": ex.name,
+        "params": ex.params,
+        "weights": ex.weights,
+        "code_version": code_version(ex.name),
+        "inputs": inputs,
+    }
+
+
+def open_store(ex: Extractor, index: PreparedIndex, out: Path) -> FeatureStore:
+    mask_doc = (
+        "face: the row's crop was read, not filled" if ex.kind == "frames"
+        else "audio: the video has audio and the frame time lies within the track"
+    )
+    return FeatureStore.open_or_create(
+        out,
+        extractor=ex.name,
+        row_shape=ex.row_shape,
+        dtype=ex.dtype,
+        trials={t.name: t.n_frames for t in index.trials},
+        fps={t.name: t.fps for t in index.trials},
+        fingerprint=fingerprint(ex, index),
+        attrs={
+            "weights": ex.weights,
+            "parameters": ex.params,
+            "code_version": code_version(ex.name),
+            "input_contract": ex.contract,
+            "mask": mask_doc,
+            "precision": ex.precision,
+            "sample_rate": SAMPLE_RATE,
+        },
+    )
+
+
+def run(
+    name: str,
+    cfg: Any,
+    prepared: Path,
+    out: Path,
+    shard: tuple[int, int] = (0, 1),
+    device: str = "auto",
+    extractor: Extractor | None = None,
+    progress: bool = True,
+) -> None:
+    """Fill ``out`` with the ``name`` features of every trial in ``prepared`` (this process: ``--shard i/n``).
+    ``extractor`` (tests, benchmark): an already built extractor instead of building one from ``cfg``."""
+    prepared, out = Path(prepared), Path(out)
+    index = load_index(prepared)
+    ex = extractor or build(name, cfg, index.frames_size, device)
+    store = open_store(ex, index, out)
+    pending = store.pending(shard)
+    total = sum(store.n_rows(t) - store.resume_row(t) for t in pending)
+    if not pending:
+        print(f"extract {name}: {out} is complete for shard {shard[0]}/{shard[1]}", file=sys.stderr)
+        return
+    pin = ex.device.type == "cuda"
+    reader = Inputs(ex, index, pin)
+    bar = tqdm(total=total, unit="frame", desc=f"extract {name}", disable=not progress, mininterval=1.0, smoothing=0.1)
+    out_dtype = np.dtype(ex.dtype)
+
+    def write(b: Batch, y: np.ndarray) -> None:
+        # y: (m, *row_shape) model outputs -> rows by `take`; zeros where no audio row exists
+        rows = np.zeros((len(b.take), *ex.row_shape), dtype=out_dtype)
+        have = b.take >= 0
+        if have.any():
+            rows[have] = y[b.take[have]]
+        at = 0
+        for p in b.pieces:
+            n = p.hi - p.lo
+            store.append(p.trial, p.lo, rows[at : at + n], b.mask[at : at + n])
+            at += n
+        bar.update(len(b.take))
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="read") as read_pool, ThreadPoolExecutor(
+            1, thread_name_prefix="write"
+        ) as write_pool, torch.inference_mode():
+            ahead: deque[Future[Batch]] = deque()
+            writes: deque[Future[None]] = deque()
+            plan = iter(list(plan_batches(store, pending, ex.batch)))  # planned before the writer moves `flushed`
+            for pieces in plan:
+                ahead.append(read_pool.submit(reader, pieces))
+                if len(ahead) >= PREFETCH:
+                    break
+            while ahead:
+                b = ahead.popleft().result()
+                nxt = next(plan, None)
+                if nxt is not None:
+                    ahead.append(read_pool.submit(reader, nxt))
+                y = ex.forward(b.x) if len(b.x) else torch.zeros((0, *ex.row_shape))
+                y_np = y.float().cpu().numpy()  # waits for the device; the reader and writer keep going
+                writes.append(write_pool.submit(write, b, y_np))
+                while len(writes) > 2 or (writes and writes[0].done()):
+                    writes.popleft().result()  # re-raises a write error here
+            while writes:
+                writes.popleft().result()
+    finally:
+        store.flush()
+        reader.close()
+        bar.close()
+    if os.environ.get("VA_EXTRACT_VERBOSE"):
+        print(f"extract {name}: wrote {total} rows to {out}", file=sys.stderr)

@@ -1,0 +1,238 @@
+"""The extract stage end to end on tiny prepared folders: row alignment, masks, padding rules, batching across
+trials, resume after a crash, --shard, stale-store rebuild, and the real media."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.config import IResNetConfig, MFCCConfig, VGGishConfig
+from pipeline.extractors import mfcc as M
+from pipeline.extractors.audio import AudioSource
+from pipeline.extractors.weights import RandomInitWarning
+from pipeline.io.features import FeatureStore
+from pipeline.stages import extract
+from pipeline.timebase import frame_times
+
+torch.set_num_threads(2)
+pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
+
+TRIALS = {
+    "a": {"n": 50},  # a 50-frame trial shares its batch with the next
+    "v_left": {"n": 70, "video": "v", "audio": 1.0},  # audio (1 s) shorter than the video (2.8 s)
+    "v_right": {"n": 70, "video": "v", "audio": 1.0},
+    "silent": {"n": 30, "audio": None, "fps": 30.0},  # no audio stream
+    "test": {"n": 90, "split": "test", "fps": 30.0},
+}
+
+
+def _run(name, cfg, prepared, out, **kw):
+    extract.run(name, cfg, prepared, out, device="cpu", progress=False, **kw)
+    return FeatureStore.open(out)
+
+
+def test_mfcc_rows_masks_and_padding(make_prepared, tmp_path):
+    index = make_prepared(TRIALS)
+    s = _run("mfcc", MFCCConfig(), index.root, tmp_path / "mfcc.zarr")
+    assert s.attrs["extractor"] == "mfcc" and s.dim == 39 and s.attrs["fps"]["silent"] == 30.0
+    assert s.attrs["parameters"]["n_mfcc"] == 13 and s.attrs["code_version"] and not s.random_init
+    for t in index.trials:
+        assert s.read(t.name).shape == (t.n_frames, 39) and s.read(t.name).dtype == np.float32
+    # rows equal the extractor called directly at the frame times
+    a = index.trial("a")
+    src = AudioSource(index.audio_path("a"))
+    np.testing.assert_array_equal(s.read("a"), M.mfcc_at(src, frame_times(a.frame_numbers, a.fps), M.MFCCParams()))
+    # two trials of one video: same rows; audio shorter than the video: mask false and the last row repeated
+    np.testing.assert_array_equal(s.read("v_left"), s.read("v_right"))
+    m = s.mask("v_left")
+    assert m[:25].all() and not m[25:].any()  # 1 s of audio at 25 fps: frames 1..25
+    np.testing.assert_array_equal(s.read("v_left")[25:], np.repeat(s.read("v_left")[24:25], 45, axis=0))
+    # no audio: zero rows and an all-false mask
+    assert not s.mask("silent").any() and not s.read("silent").any()
+
+
+def test_mfcc_alignment_with_known_envelope(make_prepared, tmp_path):
+    """Each video frame gets its own amplitude over +-50 ms of the same noise snippet; MFCC c0 (orthonormal DCT
+    of the dB mel bands) must then differ by sqrt(n_mels) * 20 log10(a_i / a_j) between frames."""
+    index = make_prepared({"e": {"n": 20, "fps": 10.0, "audio": 2.0}})
+    rng = np.random.default_rng(0)
+    amp = rng.uniform(0.1, 1.0, 20)
+    snippet = rng.normal(size=1600)
+    s = np.arange(2 * 16000)
+    seg = np.minimum((s + 800) // 1600, 19)  # frame f (time (f-1)/10 s) owns samples t +- 50 ms
+    sf.write(index.audio_path("e"), (amp[seg] * snippet[(s + 800) % 1600] * 0.5).astype(np.float32), 16000, subtype="FLOAT")
+    st = _run("mfcc", MFCCConfig(), index.root, tmp_path / "m.zarr")
+    c0 = st.read("e")[:, 0].astype(np.float64)
+    expected = np.sqrt(40) * 20 * np.log10(amp / amp[5])
+    np.testing.assert_allclose((c0 - c0[5])[1:-1], expected[1:-1], atol=0.05)  # first/last: zero padding
+
+
+def test_audio_of_shared_video_and_batches_cross_trials(make_prepared, tmp_path):
+    index = make_prepared(TRIALS)
+    st = FeatureStore.open_or_create(
+        tmp_path / "x.zarr", extractor="x", row_shape=(1,), dtype="float32",
+        trials={t.name: t.n_frames for t in index.trials}, fps={}, fingerprint={}, n_buckets=1,
+    )
+    batches = list(extract.plan_batches(st, st.pending(), 64))
+    assert [sum(p.hi - p.lo for p in b) for b in batches] == [64, 64, 64, 64, 54]
+    assert len(batches[0]) == 2  # the 50-frame trial does not waste a batch
+    s = _run("vggish", VGGishConfig(batch=32), index.root, tmp_path / "v.zarr")
+    assert s.random_init and s.attrs["weights"] == "random-init" and s.row_shape == (128,)
+    np.testing.assert_allclose(s.read("v_left").astype(np.float32), s.read("v_right").astype(np.float32), atol=1e-3)
+    assert not s.read("silent").any() and not s.mask("silent").any()
+    np.testing.assert_array_equal(s.read("v_left")[26:], np.repeat(s.read("v_left")[24:25], 44, axis=0)[:44])
+
+
+def test_iresnet_store_and_face_mask(make_prepared, tmp_path):
+    index = make_prepared({"a": {"n": 20}, "b": {"n": 9}}, size=16)
+    import h5py
+
+    with h5py.File(index.root / "frames.h5", "r+") as h5:
+        h5["a/face"][3:5] = False
+    with pytest.warns(RandomInitWarning):
+        s = _run("iresnet", IResNetConfig(batch=8), index.root, tmp_path / "i.zarr")
+    assert s.row_shape == (512, 1, 1) and s.read("a").dtype == np.float16  # 16 px -> 1x1 map
+    assert s.mask("a").sum() == 18 and not s.mask("a")[3:5].any()
+    assert np.isfinite(s.read("a").astype(np.float32)).all()
+
+
+def _crash_and_resume(name, cfg, index, tmp_path, monkeypatch, after=12):
+    ref = _run(name, cfg, index.root, tmp_path / "ref.zarr")
+    calls = {"n": 0}
+    real = FeatureStore.append
+
+    def dying(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == after:
+            raise KeyboardInterrupt("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FeatureStore, "append", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(name, cfg, index.root, tmp_path / "s.zarr")
+    monkeypatch.setattr(FeatureStore, "append", real)
+    partial = FeatureStore.open(tmp_path / "s.zarr", require_complete=False)
+    done = [t for t in partial.trials if partial.is_complete(t)]
+    assert 0 < len(done) < len(partial.trials)
+    s = _run(name, cfg, index.root, tmp_path / "s.zarr")
+    for t in ref.trials:  # equal up to the last bits of BLAS / oneDNN kernels, which depend on the batch shape
+        np.testing.assert_allclose(s.read(t), ref.read(t), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(s.mask(t), ref.mask(t))
+
+
+def test_resume_after_crash_equals_uninterrupted_run_mfcc(make_prepared, tmp_path, monkeypatch):
+    index = make_prepared({f"t{i}": {"n": 90 + 37 * i, "fps": 25.0 + i} for i in range(6)})
+    _crash_and_resume("mfcc", MFCCConfig(), index, tmp_path, monkeypatch, after=3)
+
+
+@pytest.mark.slow
+def test_resume_after_crash_equals_uninterrupted_run_iresnet(make_prepared, tmp_path, monkeypatch):
+    index = make_prepared({f"t{i}": {"n": 20 + 9 * i, "fps": 25.0 + i} for i in range(6)}, size=16)
+    _crash_and_resume("iresnet", IResNetConfig(batch=8, pooled=True, dtype="float32"), index, tmp_path, monkeypatch, after=8)
+
+
+def test_shards_fill_one_store(make_prepared, tmp_path):
+    index = make_prepared({f"t{i}": {"n": 300 + 50 * i} for i in range(5)})
+    ref = _run("mfcc", MFCCConfig(), index.root, tmp_path / "ref.zarr")
+    for i in range(3):
+        extract.run("mfcc", MFCCConfig(), index.root, tmp_path / "s.zarr", shard=(i, 3), device="cpu", progress=False)
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    for t in ref.trials:
+        np.testing.assert_allclose(s.read(t), ref.read(t), rtol=1e-5, atol=1e-5)
+
+
+def test_stale_store_rebuilds_and_matching_store_resumes(make_prepared, tmp_path, capsys):
+    index = make_prepared({"a": {"n": 30}})
+    out = tmp_path / "m.zarr"
+    _run("mfcc", MFCCConfig(), index.root, out)
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    _run("mfcc", MFCCConfig(), index.root, out)  # nothing to do
+    assert (out / "zarr.json").stat().st_mtime_ns == stamp and "complete" in capsys.readouterr().err
+    before = _run("mfcc", MFCCConfig(n_mfcc=10), index.root, out).read("a")  # parameters changed: rebuilt
+    assert before.shape == (30, 30)
+    wav = index.audio_path("a")
+    sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="FLOAT")  # prepared audio changed: rebuilt
+    os.utime(wav, ns=(1, 1))
+    after = _run("mfcc", MFCCConfig(n_mfcc=10), index.root, out).read("a")
+    assert not np.array_equal(after, before) and np.ptp(after[:20], axis=0).max() < 1e-6  # silence: constant rows
+
+
+def test_demo_sized_store_has_few_files(make_prepared, tmp_path):
+    index = make_prepared({f"t{i:03d}": {"n": 12, "audio": 0.5} for i in range(120)})
+    s = _run("mfcc", MFCCConfig(), index.root, tmp_path / "m.zarr")
+    assert len(list(s.files())) <= 100
+
+
+# --------------------------------------------------------------------------------------------- real media
+def _prepare_realmedia(realmedia: Path, out: Path, max_frames: int = 60) -> None:
+    """A prepared folder from the real videos: audio decoded by the pipeline's own PyAV decoder, crops = the first
+    frames resized to 16 px (crop content does not matter here; timing and audio do)."""
+    from PIL import Image
+
+    from pipeline.io.media import decode_audio, iter_video_frames, probe_video
+
+    import h5py
+
+    picks = [
+        realmedia / "videos" / "videoretalking_face_1.mp4",  # 22.13 fps
+        realmedia / "videos" / "pyfeat_WolfgangLanger_Pexels.mp4",  # digital silence
+        realmedia / "videos" / "pyfeat_face_noface.mov",  # audio shorter than the video
+        realmedia / "videos_noaudio" / "musetalk_sun.mp4",  # no audio stream
+    ]
+    (out / "audio").mkdir(parents=True)
+    videos, trials = {}, []
+    with h5py.File(out / "frames.h5", "w") as h5:
+        for p in picks:
+            info = probe_video(p, count_frames=True)
+            audio = decode_audio(p)
+            name = p.stem
+            if audio is not None:
+                sf.write(out / "audio" / f"{name}.wav", audio, 16000, subtype="FLOAT")
+            videos[name] = {
+                "path": str(p), "fps": info.fps, "n_frames": info.n_frames, "has_audio": audio is not None,
+                "audio": f"audio/{name}.wav" if audio is not None else None,
+                "audio_seconds": 0.0 if audio is None else len(audio) / 16000,
+            }
+            n = info.n_frames
+            frames = [np.asarray(Image.fromarray(f).resize((16, 16))) for _, f in zip(range(max_frames), iter_video_frames(p))]
+            crops = np.stack(frames + [frames[-1]] * (n - len(frames)))
+            g = h5.create_group(name)
+            g["frames"], g["face"] = crops, np.ones(n, bool)
+            trials.append({"name": name, "split": "test", "video": name, "fps": info.fps, "n_frames": n,
+                           "has_audio": audio is not None, "frames": list(range(1, n + 1))})
+    (out / "index.json").write_text(json.dumps({
+        "format": "va-pipeline-prepared/1", "frames_size": 16, "sample_rate": 16000, "missing": "last",
+        "videos": videos, "trials": trials}))
+
+
+@pytest.mark.realmedia
+@pytest.mark.slow
+def test_realmedia_videos_go_through(realmedia, tmp_path):
+    _prepare_realmedia(realmedia, tmp_path / "prepared")
+    from pipeline.io.prepared import load_index
+
+    index = load_index(tmp_path / "prepared")
+    for name, cfg in (("mfcc", MFCCConfig()), ("vggish", VGGishConfig()), ("iresnet", IResNetConfig(pooled=True, batch=64))):
+        s = _run(name, cfg, tmp_path / "prepared", tmp_path / f"{name}.zarr")
+        for t in index.trials:
+            rows, mask = s.read(t.name), s.mask(t.name)
+            assert rows.shape[0] == t.n_frames and np.isfinite(rows.astype(np.float32)).all(), (name, t.name)
+            if name == "iresnet":
+                assert mask.all()
+                continue
+            v = index.videos[t.video]
+            if not v.has_audio:
+                assert not mask.any() and not rows.any()
+            elif v.audio_seconds < t.n_frames / t.fps - 0.1:  # audio shorter than the video
+                k = int(mask.sum())
+                assert 0 < k < t.n_frames and mask[:k].all()
+                np.testing.assert_array_equal(rows[k:], np.repeat(rows[k - 1 : k], t.n_frames - k, axis=0))
+            else:
+                assert mask.mean() > 0.95
+    assert abs(index.trial("videoretalking_face_1").fps - 22.13) < 0.01

@@ -1,0 +1,226 @@
+"""Extractors against their references: torchvggish's own log-mel examples, a direct librosa MFCC call, an
+arcface_torch-shaped state_dict loading strictly, weights digests and the random-init label."""
+
+from __future__ import annotations
+
+import hashlib
+
+import librosa
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvggish import vggish_params
+from torchvggish.torchvggish import Postprocessor
+from torchvggish.vggish_input import waveform_to_examples
+
+from pipeline.config import IResNetConfig, VGGishConfig
+from pipeline.extractors import build
+from pipeline.extractors import mfcc as M
+from pipeline.extractors import vggish as V
+from pipeline.extractors.audio import AudioSource
+from pipeline.extractors.iresnet import IResNetFeatures, iresnet50, map_side, preprocess
+from pipeline.extractors.weights import RandomInitWarning, WeightsError
+
+torch.set_num_threads(2)
+
+
+def _noise(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    env = np.repeat(rng.uniform(0.02, 0.5, n // 1600 + 1), 1600)[:n]
+    return (rng.normal(size=n) * env).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ VGGish
+def test_vggish_examples_equal_waveform_to_examples():
+    y = _noise(6.0)
+    times = np.arange(0, 150) / 25.0 + 0.013
+    ex = V.examples_at(AudioSource(samples=y), times)
+    assert ex.shape == (150, 96, 64) and ex.dtype == np.float32
+    start, length = V.example_samples(times)
+    assert length == 15600  # 96 frames of 25 ms at a 10 ms hop
+    checked = 0
+    for i in range(len(times)):
+        if start[i] < 0 or start[i] + length > len(y):
+            continue  # edges: zero-padded, not defined by waveform_to_examples
+        ref = waveform_to_examples(y[start[i] : start[i] + length].astype(np.float64), 16000)
+        assert ref.shape == (1, 1, 96, 64)
+        np.testing.assert_allclose(ex[i], ref.detach().numpy()[0, 0], atol=1e-5)
+        checked += 1
+    assert checked > 100
+    # and the example is centred on the frame time (within half a 10 ms hop)
+    assert np.abs(start + length / 2 - times * 16000).max() <= 80
+
+
+def test_vggish_edges_are_silence():
+    y = _noise(2.0)
+    ex = V.examples_at(AudioSource(samples=y), np.array([0.0]))
+    start, length = V.example_samples(np.array([0.0]))
+    assert start[0] == -7840  # k0 = round(-48.75) = -49 log-mel frames before t = 0
+    padded = np.concatenate([np.zeros(-start[0], np.float32), y])
+    ref = waveform_to_examples(padded[:length].astype(np.float64), 16000).detach().numpy()[0, 0]
+    np.testing.assert_allclose(ex[0], ref, atol=1e-5)
+
+
+def test_vggish_alignment_with_known_envelope():
+    """One amplitude per video frame (1 fps, 1 s segments of the same noise snippet): the example centred on
+    frame i must see amplitude a_i, so log-mel differences equal ln(a_i / a_j) (VGGish's mel of the STFT
+    magnitude, not power)."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.05, 0.8, 8)
+    snippet = rng.normal(size=16000).astype(np.float32)
+    s = np.arange(8 * 16000)
+    seg = (s + 8000) // 16000  # segment i spans t_i +- 0.5 s, t_i = i s
+    y = (a[np.minimum(seg, 7)] * snippet[(s + 8000) % 16000]).astype(np.float32)
+    times = np.arange(8, dtype=np.float64)  # frame f at (f - 1) / 1 s
+    ex = V.examples_at(AudioSource(samples=y), times[1:-1]).astype(np.float64)  # skip the padded edges
+    level = ex.mean(axis=(1, 2))
+    np.testing.assert_allclose(level - level[0], np.log(a[1:-1] / a[1]), atol=0.01)
+
+
+def test_vggish_pca_matches_torchvggish_postprocessor():
+    rng = np.random.default_rng(2)
+    pca = {"pca_eigen_vectors": torch.tensor(rng.normal(size=(128, 128)) / 11), "pca_means": torch.tensor(rng.normal(size=(128,)))}
+    post = Postprocessor.__new__(Postprocessor)  # its __init__ downloads; set the matrices it would load
+    post._pca_matrix = pca["pca_eigen_vectors"].float()
+    post._pca_means = pca["pca_means"].reshape(-1, 1).float()
+    emb = torch.tensor(rng.uniform(0, 2, size=(5, 128)), dtype=torch.float32)
+    model = V.VGGishFeatures(nn.Identity(), V.check_pca(pca, "test"))  # identity network: test the formula
+    np.testing.assert_array_equal(model(emb).numpy(), post.postprocess(emb).numpy())
+
+
+def test_vggish_weights_file_loads_and_is_checked(tmp_path):
+    torch.manual_seed(3)
+    net = V.build_network()
+    path = tmp_path / "vggish-10086976.pth"
+    torch.save(net.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    ex = build("vggish", VGGishConfig(weights=str(path), sha256=digest), 48, "cpu")
+    assert ex.weights == digest and ex.row_shape == (128,)
+    x = torch.randn(2, 1, 96, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(ex.forward(x).numpy(), net.eval()(x).numpy(), rtol=1e-5, atol=1e-6)
+    wrong = "0" * 64
+    with pytest.raises(WeightsError) as e:
+        build("vggish", VGGishConfig(weights=str(path), sha256=wrong), 48, "cpu")
+    assert digest in str(e.value) and wrong in str(e.value)
+    with pytest.raises(WeightsError, match="not found"):
+        build("vggish", VGGishConfig(weights=str(tmp_path / "missing.pth")), 48, "cpu")
+
+
+def test_random_init_is_loud_and_deterministic():
+    with pytest.warns(RandomInitWarning):
+        a = build("vggish", VGGishConfig(), 48, "cpu")
+    with pytest.warns(RandomInitWarning):
+        b = build("vggish", VGGishConfig(), 48, "cpu")
+    assert a.weights == "random-init"
+    x = torch.randn(3, 1, 96, 64)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(a.forward(x).numpy(), b.forward(x).numpy())
+
+
+# -------------------------------------------------------------------------------------------------- MFCC
+def test_mfcc_equals_direct_librosa_call(monkeypatch):
+    y = _noise(7.3)
+    p = M.MFCCParams()
+    m = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=400, hop_length=160, n_mels=40)
+    full = np.concatenate([m, librosa.feature.delta(m), librosa.feature.delta(m, order=2)])  # (39, T)
+    assert full.shape[1] == p.n_frames(len(y))
+    times = np.arange(0, 7.3, 1 / 22.13)  # a non-integer frame rate, both track ends included
+    monkeypatch.setattr(M, "MAX_RUN", 60)  # several runs per call: run joints must not show
+    rows = M.mfcc_at(AudioSource(samples=y), times, p)
+    j = np.rint(times * 100).astype(int)
+    assert rows.shape == (len(times), 39)
+    np.testing.assert_allclose(rows, full[:, j].T, rtol=1e-4, atol=2e-3)
+
+
+# ------------------------------------------------------------------------------------------------ IResNet
+class _ArcfaceBlock(nn.Module):
+    """An independent transcription of arcface_torch's IBasicBlock (names only matter)."""
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.downsample = downsample
+
+
+class _ArcfaceIResNet50(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.prelu = nn.PReLU(64)
+        inplanes = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 14, 3)), start=1):
+            down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, 2, bias=False), nn.BatchNorm2d(planes))
+            blocks = [_ArcfaceBlock(inplanes, planes, 2, down)] + [_ArcfaceBlock(planes, planes) for _ in range(n - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+            inplanes = planes
+        self.bn2 = nn.BatchNorm2d(512)
+        self.dropout = nn.Dropout(0, inplace=True)
+        self.fc = nn.Linear(512 * 7 * 7, 512)
+        self.features = nn.BatchNorm1d(512)
+
+
+@pytest.fixture(scope="module")
+def arcface_checkpoint(tmp_path_factory):
+    torch.manual_seed(4)
+    ref = _ArcfaceIResNet50()
+    for m in ref.modules():  # trained-looking BN statistics, so a wrong mapping would show in the output
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, 0.5 * (2 / (m.in_channels * m.kernel_size[0] ** 2)) ** 0.5)
+    path = tmp_path_factory.mktemp("w") / "backbone.pth"
+    torch.save(ref.state_dict(), path)
+    return path, ref.state_dict()
+
+
+def test_arcface_state_dict_loads_strictly(arcface_checkpoint):
+    path, state = arcface_checkpoint
+    assert len(state) == len(iresnet50().state_dict())
+    ex = build("iresnet", IResNetConfig(weights=str(path)), 48, "cpu")
+    assert ex.row_shape == (512, 3, 3) and map_side(48) == 3 and map_side(112) == 7
+    loaded = ex.module.net.state_dict()
+    for k, v in state.items():
+        assert torch.equal(loaded[k], v), k
+    frames = torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        y = ex.forward(frames)
+    assert y.shape == (2, 512, 3, 3) and torch.isfinite(y).all()
+    pooled = build("iresnet", IResNetConfig(weights=str(path), pooled=True), 48, "cpu")
+    with torch.inference_mode():
+        np.testing.assert_allclose(pooled.forward(frames).numpy(), y.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_iresnet_rejects_a_foreign_state_dict(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3), "head.weight": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="missing"):
+        build("iresnet", IResNetConfig(weights=str(path)), 48, "cpu")
+
+
+def test_iresnet_input_contract():
+    x = torch.tensor([[[[0, 255, 128]]]], dtype=torch.uint8)  # (1, 1, 1, 3) RGB
+    np.testing.assert_allclose(preprocess(x).flatten().numpy(), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+    with pytest.warns(RandomInitWarning):
+        ex = build("iresnet", IResNetConfig(), 48, "cpu")
+    with torch.inference_mode():
+        y = ex.forward(torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8))
+    # the random init keeps activations O(1): float16 storage neither overflows nor flushes to zero
+    assert 0.01 < y.std().item() < 10 and y.abs().max().item() < 1000
+    assert isinstance(ex.module, IResNetFeatures)
+
+
+def test_onnx_path_reports_a_bad_file(tmp_path):
+    bad = tmp_path / "w600k_r50.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(WeightsError, match="insightface ONNX"):
+        build("iresnet", IResNetConfig(weights=str(bad)), 48, "cpu")

@@ -1,0 +1,72 @@
+"""Module shapes for every switch combination, and the TCN's receptive field."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.nn import SE, TCN, FusionModel, LANet, MapPool
+
+SHAPES = {"iresnet": (32, 3, 3), "vggish": (16,), "mfcc": (8,)}
+
+
+def small(**kw) -> dict:
+    return dict(tcn_channels=8, tcn_levels=2, tcn_kernel=3, d_model=16, heads=2, layers=2, ff_dim=32, head_hidden=8, max_len=20, **kw)
+
+
+@pytest.mark.parametrize(("lase", "tcn", "transformer"), list(itertools.product((False, True), repeat=3)))
+def test_fusion_shapes_every_switch(lase, tcn, transformer):
+    torch.manual_seed(0)
+    model = FusionModel(SHAPES, **small(lase=lase, tcn=tcn, transformer=transformer))
+    x = {m: torch.randn(3, 20, *s) for m, s in SHAPES.items()}
+    mask = torch.ones(3, 20, dtype=torch.bool)
+    mask[2, 12:] = False
+    y = model(x, mask)
+    assert y.shape == (3, 20, 2)
+    assert torch.isfinite(y).all() and y.abs().max() < 1
+    y.sum().backward()
+    model.eval()
+    assert model(x, mask).shape == (3, 20, 2)
+    assert model(x).shape == (3, 20, 2)
+    assert (model.encoder is not None) == transformer
+    assert (len(model.tcn) == 3) == tcn
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_modality_subsets_and_pooled_maps(positions):
+    shapes = {"iresnet": (32,), "mfcc": (8,)}  # pooled visual store: LA-SE has nothing to attend over
+    model = FusionModel(shapes, **small(positions=positions))
+    y = model({m: torch.randn(2, 20, *s) for m, s in shapes.items()})
+    assert y.shape == (2, 20, 2)
+    only = FusionModel({"vggish": (16,)}, **small())
+    assert only({"vggish": torch.randn(1, 7, 16)}).shape == (1, 7, 2)
+
+
+def test_from_config():
+    cfg = ModelConfig(modalities=("iresnet", "mfcc"), tcn_channels=8, d_model=16, heads=2, layers=1, ff_dim=16)
+    model = FusionModel.from_config(cfg, {"iresnet": (32, 3, 3), "mfcc": (8,)}, max_len=30)
+    assert model.modalities == ["iresnet", "mfcc"]
+    assert model({"iresnet": torch.randn(2, 30, 32, 3, 3), "mfcc": torch.randn(2, 30, 8)}).shape == (2, 30, 2)
+
+
+def test_lase_parts():
+    x = torch.randn(4, 32, 3, 3)
+    assert LANet(32)(x).shape == x.shape and SE(32)(x).shape == x.shape
+    assert MapPool(32)(torch.randn(2, 5, 32, 3, 3)).shape == (2, 5, 32)
+    plain = MapPool(32, attention=False)(x.reshape(2, 2, 32, 3, 3))
+    assert torch.allclose(plain, x.mean(dim=(2, 3)).reshape(2, 2, 32))
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 5])
+def test_tcn_keeps_length_and_sees_both_sides(kernel):
+    tcn = TCN(4, 6, levels=3, kernel=kernel, dropout=0.0)
+    x = torch.randn(1, 64, 4, requires_grad=True)
+    y = tcn(x)
+    assert y.shape == (1, 64, 6)
+    y[0, 32].sum().backward()
+    seen = (x.grad[0].abs().sum(1) > 0).nonzero().flatten()
+    assert seen.min() < 32 < seen.max()  # non-causal: past and future frames
+    assert seen.max() - seen.min() + 1 <= tcn.receptive_field
