@@ -225,11 +225,12 @@ def bench_extract(
     work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     long_minutes: Annotated[float, typer.Option(help="also measure peak RSS on one video this long (0 = skip)")] = 0.0,
+    seconds: Annotated[float, typer.Option(help="length of each of the 8 generated demo videos")] = 8.0,
 ) -> None:
     """Model-alone versus whole-stage throughput per extractor, one JSON line each."""
     from pipeline.bench import extract as bench
 
-    bench.run(work, device=device, long_minutes=long_minutes)
+    bench.run(work, device=device, long_minutes=long_minutes, seconds=seconds)
 
 
 @bench_app.command("train")

@@ -153,7 +153,7 @@ def run(work: Path, device: str = "auto", steps: int = BENCH_STEPS) -> dict:
         features,
         work / "models" / "fold0",
         work / "metrics" / "fold0.json",
-        work / "metrics" / "fold0",
+        None,  # no per-epoch curves: the benchmark measures training, not logging
         device=device,
         max_steps=steps,
     )

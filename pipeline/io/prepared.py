@@ -138,9 +138,15 @@ class FrameReader:
         except KeyError:
             raise InputError(f"{self.path}: no trial {trial!r}") from None
 
-    def frames(self, trial: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """uint8 (n, S, S, 3) RGB crops, rows ``start:stop`` of the trial."""
-        return self._group(trial)["frames"][start:stop]
+    def frames(self, trial: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (n, S, S, 3) RGB crops, rows ``start:stop`` of the trial; read straight into ``out`` when given
+        (e.g. a pinned buffer), saving a copy."""
+        ds = self._group(trial)["frames"]
+        if out is None:
+            return ds[start:stop]
+        stop = ds.shape[0] if stop is None else stop
+        ds.read_direct(out, np.s_[start:stop])
+        return out
 
     def face(self, trial: str) -> np.ndarray:
         """bool (N,): True where the row is a real crop, False where it was filled."""

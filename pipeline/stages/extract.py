@@ -82,6 +82,7 @@ class Inputs:
         self.trials = {t.name: t for t in index.trials}
         self.pin = pin
         self._frames: FrameReader | None = None
+        self._face_of: tuple[str, np.ndarray] = ("", np.zeros(0, dtype=bool))
         self._audio: OrderedDict[str, AudioSource] = OrderedDict()
         self._timing: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -98,6 +99,13 @@ class Inputs:
             if len(self._audio) > 4:  # trials of one video are rarely far apart; keep a few files open
                 self._audio.popitem(last=False)[1].close()
         return self._audio[video]
+
+    def _face(self, trial: str) -> np.ndarray:
+        """The trial's face mask, read once (batches visit a trial in consecutive pieces)."""
+        if self._face_of[0] != trial:
+            assert self._frames is not None
+            self._face_of = (trial, self._frames.face(trial))
+        return self._face_of[1]
 
     def timing(self, t: Trial, n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per trial: frame times (N,), audio mask (N,), audio source row (N,) (see pipeline.timebase)."""
@@ -119,8 +127,8 @@ class Inputs:
             at = 0
             for p in pieces:
                 n = p.hi - p.lo
-                xn[at : at + n] = self._frames.frames(p.trial, p.lo, p.hi)
-                mask[at : at + n] = self._frames.face(p.trial)[p.lo : p.hi]
+                self._frames.frames(p.trial, p.lo, p.hi, out=xn[at : at + n])
+                mask[at : at + n] = self._face(p.trial)[p.lo : p.hi]
                 at += n
             return Batch(pieces, x, np.arange(rows), mask)
         # audio: compute each distinct source row once (frames past a short track share the last one)

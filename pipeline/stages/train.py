@@ -127,7 +127,7 @@ def run(
     features: Path,
     model_dir: Path,
     metrics_file: Path,
-    plots_dir: Path,
+    plots_dir: Path | None,
     device: str = "auto",
     max_steps: int | None = None,
 ) -> dict[str, Any]:
@@ -190,10 +190,7 @@ def run(
     adtype = amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=adtype == torch.float16)
 
-    from dvclive import Live
-
-    plots_dir = Path(plots_dir)
-    live = Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = _open_curves(plots_dir)
     best: dict[str, Any] = {"score": -math.inf, "epoch": -1}
     times = StepTimes()
     stale, step = 0, 0
@@ -269,7 +266,8 @@ def run(
         if max_steps is not None and step >= max_steps:
             break
     live.end()
-    _drop_live_summary(plots_dir)
+    if plots_dir is not None:
+        _drop_live_summary(Path(plots_dir))
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +323,28 @@ def run(
         f"(v {val['ccc_valence']}, a {val['ccc_arousal']}) in {metrics['seconds']} s"
     )
     return {**metrics, "timing": times}
+
+
+class _NoCurves:
+    """Stands in for dvclive when no curves are wanted (``plots_dir=None``: benchmarks)."""
+
+    def log_metric(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def next_step(self) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def _open_curves(plots_dir: Path | None) -> Any:
+    """dvclive's ``Live`` writing per-epoch curves under ``plots_dir`` (no dvc.yaml of its own), or a no-op."""
+    if plots_dir is None:
+        return _NoCurves()
+    from dvclive import Live
+
+    return Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def _drop_live_summary(plots_dir: Path) -> None:

@@ -1,0 +1,44 @@
+"""GPU paths (mixed precision, channels-last, pinned memory): skipped where CUDA is absent, as in CI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.bench.train import make_synthetic
+from pipeline.io.features import FeatureStore
+from pipeline.config import IResNetConfig, ModelConfig, TrainConfig, VGGishConfig
+from pipeline.stages import extract, train
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+@pytest.mark.parametrize("name, cfg", [("iresnet", IResNetConfig(batch=16)), ("vggish", VGGishConfig(batch=16))])
+def test_extract_on_gpu_matches_cpu(make_prepared, tmp_path, name, cfg):
+    index = make_prepared({"a": {"n": 37, "video": "v"}, "b": {"n": 20, "audio": None}}, size=48)
+    stores = {}
+    for device in ("cpu", "cuda"):
+        extract.run(name, cfg, index.root, tmp_path / f"{device}.zarr", device=device, progress=False)
+        stores[device] = FeatureStore.open(tmp_path / f"{device}.zarr")
+    assert stores["cuda"].attrs["precision"] != stores["cpu"].attrs["precision"]
+    for t in ("a", "b"):
+        cpu, gpu = (stores[d].read(t).astype(np.float32) for d in ("cpu", "cuda"))
+        scale = np.abs(cpu).max() + 1e-6
+        assert np.abs(cpu - gpu).max() / scale < 0.02  # float16 autocast against float32
+        np.testing.assert_array_equal(stores["cpu"].mask(t), stores["cuda"].mask(t))
+
+
+def test_train_on_gpu_with_mixed_precision(tmp_path):
+    shapes = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
+    prepared, features = make_synthetic(tmp_path / "d", n_trials=6, n_test=1, frames=120, n_folds=3, row_shapes=shapes, noise=0.5)
+    model = ModelConfig(tcn_channels=16, tcn_levels=2, tcn_kernel=3, d_model=32, heads=2, layers=2, ff_dim=64, head_hidden=8)
+    cfg = TrainConfig(window=60, hop=30, batch=4, epochs=4, lr=3e-3, warmup_epochs=1, patience=5)
+    res = train.run(0, model, cfg, prepared, features, tmp_path / "m", tmp_path / "f0.json", None, device="cuda")
+    metrics = json.loads((tmp_path / "f0.json").read_text())
+    assert metrics["device"].startswith("cuda") and np.isfinite(res["ccc_mean"])
