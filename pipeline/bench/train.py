@@ -20,6 +20,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 
 from pipeline import config
+from pipeline.devices import resolve_device
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json
 from pipeline.timebase import SAMPLE_RATE
@@ -141,7 +142,7 @@ def run(work: Path, device: str = "auto", steps: int = BENCH_STEPS) -> dict:
         if not (work / "prepared" / "folds.json").exists():
             make_synthetic(work)
         prepared, features = work / "prepared", work / "features"
-    dev = stage.resolve_device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.config import IResNetConfig, MFCCConfig, VGGishConfig, as_dict
+from pipeline.devices import resolve_device
 from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
 
@@ -60,17 +61,6 @@ class Extractor:
             with torch.autocast("cuda", dtype=torch.float16):
                 return self.module(x)
         return self.module(x)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"--device {device}: CUDA is not available on this machine")
-    return d
 
 
 def _prepare_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from pipeline.config import PostprocessConfig, SplitConfig
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 from pipeline.io.prepared import load_index
 from pipeline.postprocess import smooth
-from pipeline.stages.train import amp_dtype, load_checkpoint, resolve_device
+from pipeline.stages.train import amp_dtype, load_checkpoint
 from pipeline.windows import FeatureSource, predict_trial
 
 HEADER = "image_location,valence,arousal"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ModelConfig, TrainConfig, as_dict
+from pipeline.devices import resolve_device
 from pipeline.errors import InputError
 from pipeline.io.prepared import FrameReader, load_folds
 from pipeline.metrics import ccc_loss, ccc_va
@@ -36,16 +37,6 @@ MIN_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of train.lr
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch spells it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed precision on GPU (bf16 where supported, else fp16 with a GradScaler); full precision on CPU."""
     if device.type != "cuda":

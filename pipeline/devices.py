@@ -1,0 +1,18 @@
+"""The one place that turns a ``--device`` option into a ``torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import PipelineError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch spells it (``cpu``, ``cuda:1``).
+    Asking for CUDA on a machine without it is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"--device {device}: CUDA is not available on this machine")
+    return dev
