@@ -48,12 +48,15 @@ class Extractor:
     contract: dict[str, Any]  # the input contract, recorded in the store
     device: torch.device
     module: Callable[[torch.Tensor], torch.Tensor] | None = None  # None: inputs are already the rows (MFCC)
-    audio_inputs: Callable[[AudioSource, np.ndarray], np.ndarray] | None = None
+    audio_inputs: Callable[[AudioSource, np.ndarray], Any] | None = None  # (src, times) -> inputs of len(times)
+    # list of audio_inputs results -> one batch input; default: concatenate arrays along rows
+    collate: Callable[[list[Any]], Any] | None = None
     precision: str = "float32"
     extra_attrs: dict[str, Any] = field(default_factory=dict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, ...) inputs on any device -> (B, *row_shape) float tensor on ``self.device``."""
+    def forward(self, x: Any) -> torch.Tensor:
+        """(B, ...) inputs (a tensor, or what ``collate`` makes) on any device -> (B, *row_shape) float tensor on
+        ``self.device``."""
         if self.module is None:
             return x
         x = x.to(self.device, non_blocking=True)
@@ -141,7 +144,7 @@ def _build_vggish(cfg: VGGishConfig, dev: torch.device) -> Extractor:
     }
     return Extractor(
         "vggish", "audio", (c.dim,), cfg.dtype, cfg.batch, digest, _params(cfg), contract, dev,
-        module=module, audio_inputs=lambda src, t: V.examples_at(src, t)[:, None],  # (n, 96, 64) -> (n, 1, 96, 64)
+        module=module, audio_inputs=V.pack_examples, collate=V.PackedExamples.concat,  # log-mel on the device
         precision="autocast-float16" if dev.type == "cuda" else "float32",
     )
 

@@ -50,7 +50,7 @@ class Piece:
 @dataclass
 class Batch:
     pieces: list[Piece]
-    x: torch.Tensor  # (m, ...) model inputs, m <= rows
+    x: Any  # m model inputs (a (m, ...) tensor, or the extractor's packed form), m <= rows
     take: np.ndarray  # (rows,) int: row i is output take[i], or zeros when -1
     mask: np.ndarray  # (rows,) bool
 
@@ -149,12 +149,14 @@ class Inputs:
                 take[at : at + n][need] = m + inv.reshape(-1)
                 m += len(uniq)
             at += n
-        if parts:
-            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if not parts:
+            x: Any = torch.zeros((0, *self.ex.row_shape))
+        elif self.ex.collate is not None:
+            x = self.ex.collate(parts)
         else:
-            arr = np.zeros((0, *self.ex.row_shape), dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        return Batch(pieces, x.pin_memory() if self.pin else x, take, mask)
+            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return Batch(pieces, x.pin_memory() if self.pin and len(x) else x, take, mask)
 
 
 def fingerprint(ex: Extractor, index: PreparedIndex) -> dict[str, Any]:
