@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from pipeline.io.features import FeatureStore, StoreError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from pipeline.bench.train import make_synthetic
 from pipeline.config import ModelConfig, PostprocessConfig, SplitConfig, TrainConfig
 from pipeline.errors import InputError
 from pipeline.io.prepared import load_index
-from pipeline.metrics import ccc
 from pipeline.stages import ablation, evaluate, predict, train
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}

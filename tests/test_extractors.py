@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torchvggish import vggish_params
 from torchvggish.torchvggish import Postprocessor
 from torchvggish.vggish_input import waveform_to_examples
 

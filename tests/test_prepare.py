@@ -4,7 +4,6 @@ import json
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -120,6 +119,14 @@ def run_cli(root, out):
     return CliRunner().invoke(app, ["prepare", "--out", str(out), "--params", str(params), "--jobs", "1"])
 
 
+def set_line(path: Path, index: int, text: str) -> Path:
+    """Replace line ``index`` (0-based, the header is line 0) of ``path`` with ``text``."""
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def damage(root: Path, what: str) -> str:
     """Break ``root`` in one way; return the text the error line must contain."""
     train = root / ANN / "Train_Set"
@@ -131,22 +138,13 @@ def damage(root: Path, what: str) -> str:
         p.write_text("\n".join(p.read_text().splitlines()[1:]))
         return f"{p}:1: expected the header 'valence,arousal'"
     if what == "text":
-        p = train / "demo02.txt"
-        lines = p.read_text().splitlines()
-        lines[7] = "0.1,high"
-        p.write_text("\n".join(lines) + "\n")
+        p = set_line(train / "demo02.txt", 7, "0.1,high")
         return f"{p}:8: not a number: 'high'"
     if what == "nan":
-        p = train / "demo02.txt"
-        lines = p.read_text().splitlines()
-        lines[3] = "NaN,0.2"
-        p.write_text("\n".join(lines) + "\n")
+        p = set_line(train / "demo02.txt", 3, "NaN,0.2")
         return f"{p}:4: 'NaN' is not a finite number"
     if what == "range":
-        p = train / "demo01.txt"
-        lines = p.read_text().splitlines()
-        lines[2] = "0.3,-1.2"
-        p.write_text("\n".join(lines) + "\n")
+        p = set_line(train / "demo01.txt", 2, "0.3,-1.2")
         return f"{p}:3: -1.2 outside [-1, 1]"
     if what == "no-video":
         next((root / "videos").rglob("demo02.mp4")).unlink()

@@ -48,7 +48,6 @@ from pipeline.errors import PipelineError
 CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read and of resuming
 N_BUCKETS = 16  # buckets per store: the most `--shard` processes that get work; 1 + 5 * 16 = 81 files
 FORMAT = "va-pipeline-features/2"
-_EMPTY = np.uint64(2**64 - 1)  # shard index entry of a missing chunk
 
 
 class StoreError(PipelineError):
