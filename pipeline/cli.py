@@ -226,11 +226,16 @@ def bench_extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     long_minutes: Annotated[float, typer.Option(help="also measure peak RSS on one video this long (0 = skip)")] = 0.0,
     seconds: Annotated[float, typer.Option(help="length of each of the 8 generated demo videos")] = 8.0,
+    min_model_seconds: Annotated[
+        float, typer.Option(help="repeat the demo's trials until the network alone would need this long")
+    ] = 20.0,
+    only: Annotated[list[str] | None, typer.Option(help="measure only this extractor (repeatable)")] = None,
 ) -> None:
     """Model-alone versus whole-stage throughput per extractor, one JSON line each."""
     from pipeline.bench import extract as bench
 
-    bench.run(work, device=device, long_minutes=long_minutes, seconds=seconds)
+    bench.run(work, device=device, long_minutes=long_minutes, seconds=seconds, only=tuple(only or ()),
+              min_model_seconds=min_model_seconds)
 
 
 @bench_app.command("train")

@@ -19,7 +19,7 @@ from pipeline.extractors import mfcc as M
 from pipeline.extractors import vggish as V
 from pipeline.extractors.audio import AudioSource
 from pipeline.extractors.iresnet import IResNetFeatures, iresnet50, map_side, preprocess
-from pipeline.extractors.weights import RandomInitWarning, WeightsError
+from pipeline.extractors.weights import RandomInitWarning, WeightsError, sha256_file
 
 torch.set_num_threads(2)
 
@@ -223,3 +223,77 @@ def test_onnx_path_reports_a_bad_file(tmp_path):
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(WeightsError, match="insightface ONNX"):
         build("iresnet", IResNetConfig(weights=str(bad)), 48, "cpu")
+
+
+def _tiny_recognition_onnx(path, rng):
+    """An ONNX graph shaped like an insightface recognition model (input (n, 3, 112, 112), one (n, 512) output):
+    conv 4x4 stride 4 -> global average pool -> fully connected; random weights. Returns the weights."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = {
+        "W": (rng.normal(size=(8, 3, 4, 4)) * 0.2).astype(np.float32),
+        "B": rng.normal(size=8).astype(np.float32),
+        "Wfc": rng.normal(size=(512, 8)).astype(np.float32),
+        "bfc": rng.normal(size=512).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "W", "B"], ["c"], kernel_shape=[4, 4], strides=[4, 4], name="conv0"),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="pool0"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat0"),
+        helper.make_node("Gemm", ["f", "Wfc", "bfc"], ["fc1"], transB=1, name="fc0"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny-arcface",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["n", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["n", 512])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what onnxruntime releases of the last years all read
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return w
+
+
+def _tiny_reference(x: torch.Tensor, w) -> np.ndarray:
+    """The contract by hand: (n, S, S, 3) uint8 -> bilinear to 112 px -> (x - 127.5) / 127.5 -> the graph."""
+    import torch.nn.functional as F
+
+    x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(112, 112), mode="bilinear", align_corners=False)
+    c = F.conv2d((x - 127.5) / 127.5, torch.from_numpy(w["W"]), torch.from_numpy(w["B"]), stride=4)
+    return (c.mean(dim=(2, 3)) @ torch.from_numpy(w["Wfc"]).T + torch.from_numpy(w["bfc"])).numpy()
+
+
+def test_onnx_recognition_model_loads_through_insightface(tmp_path):
+    path = tmp_path / "tiny_r.onnx"
+    w = _tiny_recognition_onnx(path, np.random.default_rng(3))
+    digest = sha256_file(path)
+    ex = build("iresnet", IResNetConfig(weights=str(path), sha256=digest), 48, "cpu")
+    assert ex.weights == digest and ex.row_shape == (512,) and ex.params["onnx"] and ex.params["pooled"]
+    assert type(ex.module.model).__name__ == "ArcFaceONNX"  # routed by insightface.model_zoo, not by us
+    x = torch.randint(0, 256, (5, 48, 48, 3), dtype=torch.uint8)
+    y = ex.forward(x).numpy()
+    assert y.shape == (5, 512)
+    np.testing.assert_allclose(y, _tiny_reference(x, w), rtol=1e-4, atol=1e-4)
+    with pytest.raises(WeightsError, match="sha256"):
+        build("iresnet", IResNetConfig(weights=str(path), sha256="0" * 64), 48, "cpu")
+
+
+def test_extract_stage_with_an_onnx_model(make_prepared, tmp_path):
+    """features.iresnet.weights = an .onnx file: the stage stores its 512-d embeddings, labelled with the digest."""
+    from pipeline.io.features import FeatureStore
+    from pipeline.io.prepared import FrameReader
+    from pipeline.stages import extract
+
+    path = tmp_path / "tiny_r.onnx"
+    w = _tiny_recognition_onnx(path, np.random.default_rng(4))
+    index = make_prepared({"a": {"n": 20}, "b": {"n": 9}}, size=16)
+    cfg = IResNetConfig(weights=str(path), sha256=sha256_file(path), batch=8)
+    extract.run("iresnet", cfg, index.root, tmp_path / "o.zarr", device="cpu", progress=False)
+    s = FeatureStore.open(tmp_path / "o.zarr")
+    assert s.row_shape == (512,) and s.attrs["weights"] == cfg.sha256 and s.attrs["parameters"]["onnx"]
+    with FrameReader(index.root / "frames.h5") as r:
+        for t in ("a", "b"):
+            ref = _tiny_reference(torch.from_numpy(r.frames(t)), w)
+            np.testing.assert_allclose(s.read(t).astype(np.float32), ref, rtol=2e-3, atol=2e-3)  # float16 store

@@ -73,6 +73,8 @@ class PackedExamples:
 
     @staticmethod
     def concat(parts: list["PackedExamples"]) -> "PackedExamples":
+        if len(parts) == 1:
+            return parts[0]
         s_off, f_off, samples, frames, examples = 0, 0, [], [], []
         for p in parts:
             samples.append(p.samples)

@@ -21,7 +21,8 @@ completed chunk's raw bytes straight into the shard file (uncompressed ``bytes``
 is one chunk per bucket, independent of trial and dataset size. Reads go through zarr.
 
 Resuming. ``flushed`` moves forward only after the chunk bytes are in the file, so a trial is complete when
-``stop <= flushed`` of its bucket; a crash loses at most the rows of one unfinished chunk, and a re-run truncates the
+``stop <= flushed`` of its bucket. ``flushed`` is rewritten at most every ``RECORD_EVERY_S`` (and at the end of a bucket
+or a run), so a killed process loses at most about a second of rows per bucket, and a re-run truncates the
 shard file to ``flushed`` and redoes the partial trial. ``--shard i/n`` processes own disjoint buckets
 (``b % n == i``), so several processes fill one store without touching the same file.
 """
@@ -34,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ import zarr
 from pipeline.errors import PipelineError
 
 CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read and of resuming
+RECORD_EVERY_S = 1.0  # a killed run redoes at most this much work per bucket
 N_BUCKETS = 16  # buckets per store: the most `--shard` processes that get work; 1 + 5 * 16 = 81 files
 FORMAT = "va-pipeline-features/2"
 
@@ -108,7 +111,7 @@ class _ShardWriter:
 
     def write_chunks(self, rows: np.ndarray) -> None:
         """``rows``: whole chunks (a multiple of CHUNK_ROWS rows), or the bucket's padded last chunk."""
-        self.f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.f.write(memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B"))
 
     def finish(self) -> None:
         """Append the shard index and its crc32c checksum: the shard becomes readable by zarr."""
@@ -121,7 +124,8 @@ class _ShardWriter:
         self.close()
 
     def sync(self) -> None:
-        self.f.flush()
+        if not self.f.closed:
+            self.f.flush()
 
     def close(self) -> None:
         if not self.f.closed:
@@ -132,9 +136,10 @@ class _ShardWriter:
 class _Bucket:
     """Writing state of one bucket: the writers and rows of the unfinished chunk (fewer than CHUNK_ROWS)."""
 
-    flushed: int
+    flushed: int  # rows in the shard files (whole chunks)
     rows: _ShardWriter
     mask: _ShardWriter
+    recorded: float = field(default_factory=time.monotonic)  # when `flushed` was last written to the attributes
     tail_rows: list[np.ndarray] = field(default_factory=list)
     tail_mask: list[np.ndarray] = field(default_factory=list)
     tail_n: int = 0
@@ -390,12 +395,9 @@ class FeatureStore:
         if finished:
             w.rows.finish()
             w.mask.finish()
-        else:
-            w.rows.sync()
-            w.mask.sync()
-        # the bytes are in the files before `flushed` says so: a crash in between only costs a redo
-        self._sub(b).attrs["flushed"] = upto
         w.flushed = upto
+        if finished or time.monotonic() - w.recorded >= RECORD_EVERY_S:
+            self._record(b, w)
         w.tail_rows = [rows[k:]] if k < len(rows) else []
         w.tail_mask = [mask[k:]] if k < len(mask) else []
         w.tail_n = len(rows) - k
@@ -405,10 +407,20 @@ class FeatureStore:
     def flush(self) -> None:
         """End of a run: close the shard files. Rows of an unfinished chunk (only possible when the run stopped
         before its buckets were complete) are dropped and redone by the next run."""
-        for w in self._writing.values():
+        for b, w in self._writing.items():
+            self._record(b, w)
             w.rows.close()
             w.mask.close()
         self._writing.clear()
+
+    def _record(self, b: int, w: _Bucket) -> None:
+        """Write the bucket's ``flushed`` attribute; the bytes reach the files first, so a crash in between only
+        costs a redo. Recorded at most every RECORD_EVERY_S (a zarr.json rewrite costs milliseconds), at the end
+        of a bucket and at the end of a run."""
+        w.rows.sync()
+        w.mask.sync()
+        self._sub(b).attrs["flushed"] = w.flushed
+        w.recorded = time.monotonic()
 
     def files(self) -> Iterator[Path]:
         """Every file of the store (what DVC hashes)."""

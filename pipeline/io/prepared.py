@@ -122,6 +122,7 @@ class FrameReader:
             self._h5 = h5py.File(self.path, "r")
         except FileNotFoundError:
             raise InputError(f"{self.path}: not found (run `python -m pipeline prepare` first)") from None
+        self._last: tuple[str, h5py.Dataset | None] = ("", None)
 
     def __enter__(self) -> "FrameReader":
         return self
@@ -141,7 +142,9 @@ class FrameReader:
     def frames(self, trial: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 (n, S, S, 3) RGB crops, rows ``start:stop`` of the trial; read straight into ``out`` when given
         (e.g. a pinned buffer), saving a copy."""
-        ds = self._group(trial)["frames"]
+        if self._last[0] != trial:  # callers read a trial in consecutive pieces; an h5py lookup costs ~0.1 ms
+            self._last = (trial, self._group(trial)["frames"])
+        ds = self._last[1]
         if out is None:
             return ds[start:stop]
         stop = ds.shape[0] if stop is None else stop

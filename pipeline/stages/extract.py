@@ -18,8 +18,10 @@ The driver around an extractor (pipeline/extractors): which trials, in what batc
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,8 +53,12 @@ class Piece:
 class Batch:
     pieces: list[Piece]
     x: Any  # m model inputs (a (m, ...) tensor, or the extractor's packed form), m <= rows
-    take: np.ndarray  # (rows,) int: row i is output take[i], or zeros when -1
+    take: np.ndarray | None  # (rows,) int: row i is output take[i], or zeros when -1; None: row i is output i
     mask: np.ndarray  # (rows,) bool
+
+    @property
+    def rows(self) -> int:
+        return len(self.mask)
 
 
 def plan_batches(store: FeatureStore, trials: list[str], batch: int) -> Iterator[list[Piece]]:
@@ -130,7 +136,7 @@ class Inputs:
                 self._frames.frames(p.trial, p.lo, p.hi, out=xn[at : at + n])
                 mask[at : at + n] = self._face(p.trial)[p.lo : p.hi]
                 at += n
-            return Batch(pieces, x, np.arange(rows), mask)
+            return Batch(pieces, x, None, mask)
         # audio: compute each distinct source row once (frames past a short track share the last one)
         take = np.full(rows, -1, dtype=np.int64)
         parts: list[np.ndarray] = []
@@ -209,6 +215,35 @@ def open_store(ex: Extractor, index: PreparedIndex, out: Path) -> FeatureStore:
     )
 
 
+@dataclass
+class RunStats:
+    """Where one :func:`run` spent its time (seconds, wall clock of the main thread)."""
+
+    rows: int  # rows written by this run
+    setup_s: float  # index, network build and weights, store open
+    first_batch_s: float  # the first batch through the model (device warm-up, kernel selection)
+    total_s: float  # the whole call
+    wait_input_s: float  # main thread waiting for the reader
+    wait_output_s: float  # main thread waiting for the writer (which waits for the device's results)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def _to_host(y: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying model outputs to host memory in the store's dtype (converted on the device: half the bytes
+    for float16 stores). On CUDA the copy is asynchronous into pinned memory; the returned event marks its end,
+    so the main thread can queue the next batch while the writer waits for this one."""
+    y = y.detach().to(dtype)
+    if y.device.type != "cuda":
+        return y, None
+    host = torch.empty(y.shape, dtype=dtype, pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
 def run(
     name: str,
     cfg: Any,
@@ -218,35 +253,43 @@ def run(
     device: str = "auto",
     extractor: Extractor | None = None,
     progress: bool = True,
-) -> None:
+) -> RunStats:
     """Fill ``out`` with the ``name`` features of every trial in ``prepared`` (this process: ``--shard i/n``).
     ``extractor`` (tests, benchmark): an already built extractor instead of building one from ``cfg``."""
+    t_start = time.perf_counter()
     prepared, out = Path(prepared), Path(out)
     index = load_index(prepared)
     ex = extractor or build(name, cfg, index.frames_size, device)
     store = open_store(ex, index, out)
     pending = store.pending(shard)
     total = sum(store.n_rows(t) - store.resume_row(t) for t in pending)
+    stats = RunStats(total, time.perf_counter() - t_start, 0.0, 0.0, 0.0, 0.0)
     if not pending:
         print(f"extract {name}: {out} is complete for shard {shard[0]}/{shard[1]}", file=sys.stderr)
-        return
+        stats.total_s = time.perf_counter() - t_start
+        return stats
     pin = ex.device.type == "cuda"
     reader = Inputs(ex, index, pin)
     bar = tqdm(total=total, unit="frame", desc=f"extract {name}", disable=not progress, mininterval=1.0, smoothing=0.1)
-    out_dtype = np.dtype(ex.dtype)
+    out_dtype = torch.float16 if ex.dtype == "float16" else torch.float32
 
-    def write(b: Batch, y: np.ndarray) -> None:
-        # y: (m, *row_shape) model outputs -> rows by `take`; zeros where no audio row exists
-        rows = np.zeros((len(b.take), *ex.row_shape), dtype=out_dtype)
-        have = b.take >= 0
-        if have.any():
-            rows[have] = y[b.take[have]]
+    def write(b: Batch, host: torch.Tensor, done: torch.cuda.Event | None) -> None:
+        if done is not None:
+            done.synchronize()  # releases the GIL while the device finishes
+        y = host.numpy()  # (m, *row_shape) model outputs
+        if b.take is None:
+            rows = y
+        else:  # rows by `take`; zeros where no audio row exists
+            rows = np.zeros((b.rows, *ex.row_shape), dtype=y.dtype)
+            have = b.take >= 0
+            if have.any():
+                rows[have] = y[b.take[have]]
         at = 0
         for p in b.pieces:
             n = p.hi - p.lo
             store.append(p.trial, p.lo, rows[at : at + n], b.mask[at : at + n])
             at += n
-        bar.update(len(b.take))
+        bar.update(b.rows)
 
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="read") as read_pool, ThreadPoolExecutor(
@@ -259,21 +302,33 @@ def run(
                 ahead.append(read_pool.submit(reader, pieces))
                 if len(ahead) >= PREFETCH:
                     break
+            first = True
             while ahead:
+                t0 = time.perf_counter()
                 b = ahead.popleft().result()
+                stats.wait_input_s += time.perf_counter() - t0
                 nxt = next(plan, None)
                 if nxt is not None:
                     ahead.append(read_pool.submit(reader, nxt))
                 y = ex.forward(b.x) if len(b.x) else torch.zeros((0, *ex.row_shape))
-                y_np = y.float().cpu().numpy()  # waits for the device; the reader and writer keep going
-                writes.append(write_pool.submit(write, b, y_np))
+                writes.append(write_pool.submit(write, b, *_to_host(y, out_dtype)))
+                t0 = time.perf_counter()
+                if first:  # time the warm-up batch on its own
+                    writes[-1].result()
+                    stats.first_batch_s = time.perf_counter() - t_start - stats.setup_s
+                    first = False
                 while len(writes) > 2 or (writes and writes[0].done()):
                     writes.popleft().result()  # re-raises a write error here
+                stats.wait_output_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
             while writes:
                 writes.popleft().result()
+            stats.wait_output_s += time.perf_counter() - t0
     finally:
         store.flush()
         reader.close()
         bar.close()
+    stats.total_s = time.perf_counter() - t_start
     if os.environ.get("VA_EXTRACT_VERBOSE"):
-        print(f"extract {name}: wrote {total} rows to {out}", file=sys.stderr)
+        print(f"extract {name}: wrote {total} rows to {out}: {json.dumps(stats.as_dict())}", file=sys.stderr)
+    return stats
