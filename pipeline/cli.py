@@ -225,7 +225,7 @@ def bench_extract(
     work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     long_minutes: Annotated[float, typer.Option(help="also measure peak RSS on one video this long (0 = skip)")] = 0.0,
-    seconds: Annotated[float, typer.Option(help="length of each of the 8 generated demo videos")] = 8.0,
+    seconds: Annotated[float, typer.Option(help="length of each of the 8 generated demo videos", min=3.0)] = 8.0,
     min_model_seconds: Annotated[
         float, typer.Option(help="repeat the demo's trials until the network alone would need this long")
     ] = 20.0,

@@ -5,6 +5,8 @@ One CCC for the whole project (STYLE.md 12): ``train``, ``evaluate`` and the tes
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -71,3 +73,9 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     pred, target: (B, T, 2); mask: (B, T) bool. Returns a scalar, finite for constant input.
     """
     return (1.0 - ccc_torch(pred, target, mask)).sum()
+
+
+def json_float(x: float | None) -> float | None:
+    """A metric as written to JSON: NaN / inf -> None (``null``, so metrics files stay valid JSON), else rounded
+    to 6 decimals."""
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import PostprocessConfig
-from pipeline.metrics import ccc, ccc_loss, ccc_torch, ccc_va
+from pipeline.metrics import ccc, ccc_loss, ccc_torch, ccc_va, json_float
 from pipeline.postprocess import smooth, smooth_1d
 
 
@@ -102,3 +102,8 @@ def test_smoothing():
     out = smooth(pred, PostprocessConfig(method="median", window=(1, 5)))
     assert np.allclose(out[:, 0], np.clip(spiky, -1, 1)) and out[60, 1] < 1.1
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_json_float_keeps_metrics_files_valid_json():
+    assert json_float(float("nan")) is None and json_float(float("inf")) is None and json_float(None) is None
+    assert json_float(0.12345678) == 0.123457

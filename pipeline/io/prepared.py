@@ -161,6 +161,19 @@ class FrameReader:
         return g["labels"][()] if "labels" in g else None
 
 
+def read_labels(prepared: str | Path, trials: list[str]) -> dict[str, np.ndarray]:
+    """(N, 2) float32 valence-arousal labels per trial from ``frames.h5``."""
+    out = {}
+    prepared = Path(prepared)
+    with FrameReader(prepared / "frames.h5") as reader:
+        for t in trials:
+            y = reader.labels(t)
+            if y is None:
+                raise InputError(f"{prepared / 'frames.h5'}: trial {t!r} has no labels but is in a training fold")
+            out[t] = np.asarray(y, dtype=np.float32)
+    return out
+
+
 def read_audio(path: str | Path) -> np.ndarray:
     """A prepared WAV as float32 (n_samples,) mono at 16 kHz."""
     data, sr = sf.read(str(path), dtype="float32", always_2d=False)

@@ -16,10 +16,9 @@ import numpy as np
 
 from pipeline.config import PostprocessConfig, SplitConfig
 from pipeline.errors import InputError
-from pipeline.io.prepared import load_folds
-from pipeline.metrics import ccc_va
+from pipeline.io.prepared import load_folds, read_labels
+from pipeline.metrics import ccc_va, json_float
 from pipeline.postprocess import smooth
-from pipeline.stages.train import _finite, read_labels
 
 KEYS = ("ccc_valence", "ccc_arousal", "ccc_mean")
 
@@ -40,8 +39,8 @@ def summarise(per_fold: list[dict[str, float | None]]) -> dict[str, float | None
     for k in KEYS:
         vals = [f[k] for f in per_fold]
         ok = all(v is not None for v in vals)
-        out[f"{k}_mean"] = _finite(float(np.mean(vals))) if ok else None
-        out[f"{k}_std"] = _finite(float(np.std(vals))) if ok else None
+        out[f"{k}_mean"] = json_float(float(np.mean(vals))) if ok else None
+        out[f"{k}_std"] = json_float(float(np.std(vals))) if ok else None
     return out
 
 
@@ -70,8 +69,8 @@ def run(split_cfg: SplitConfig, post_cfg: PostprocessConfig, models: Path, prepa
         y = np.concatenate([labels[t] for t in expected])
         raw = ccc_va(np.concatenate([preds[t] for t in expected]), y)
         sm = ccc_va(np.concatenate([smooth(preds[t], post_cfg) for t in expected]), y)
-        raw = {key: _finite(v) for key, v in raw.items()}
-        sm = {key: _finite(v) for key, v in sm.items()}
+        raw = {key: json_float(v) for key, v in raw.items()}
+        sm = {key: json_float(v) for key, v in sm.items()}
         raw_list.append(raw)
         smooth_list.append(sm)
         per_fold[f"fold{k}"] = {

@@ -26,8 +26,8 @@ import torch
 from pipeline.config import ModelConfig, TrainConfig, as_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import InputError
-from pipeline.io.prepared import FrameReader, load_folds
-from pipeline.metrics import ccc_loss, ccc_va
+from pipeline.io.prepared import load_folds, read_labels
+from pipeline.metrics import ccc_loss, ccc_va, json_float
 from pipeline.nn import FusionModel
 from pipeline.windows import FeatureSource, Normaliser, Prefetcher, WindowDataset, predict_trial
 
@@ -69,29 +69,12 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[FusionModel, Norm
     return model, Normaliser.from_state(ckpt["norm"]), ckpt
 
 
-def read_labels(prepared: Path, trials: list[str]) -> dict[str, np.ndarray]:
-    """(N, 2) float32 valence-arousal labels per trial from ``frames.h5``."""
-    out = {}
-    with FrameReader(prepared / "frames.h5") as reader:
-        for t in trials:
-            y = reader.labels(t)
-            if y is None:
-                raise InputError(f"{prepared / 'frames.h5'}: trial {t!r} has no labels but is in a training fold")
-            out[t] = np.asarray(y, dtype=np.float32)
-    return out
-
-
-def _finite(x: float) -> float | None:
-    """NaN -> None, so metrics files are valid JSON (``null``)."""
-    return None if x is None or not math.isfinite(x) else round(float(x), 6)
-
-
 def score(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, Any]:
     """Challenge-protocol CCC over all frames concatenated, plus per trial; NaN written as null."""
     trials = sorted(preds)
     overall = ccc_va(np.concatenate([preds[t] for t in trials]), np.concatenate([labels[t] for t in trials]))
-    per_trial = {t: {k: _finite(v) for k, v in ccc_va(preds[t], labels[t]).items()} for t in trials}
-    return {**{k: _finite(v) for k, v in overall.items()}, "per_trial": per_trial}
+    per_trial = {t: {k: json_float(v) for k, v in ccc_va(preds[t], labels[t]).items()} for t in trials}
+    return {**{k: json_float(v) for k, v in overall.items()}, "per_trial": per_trial}
 
 
 # ---------------------------------------------------------------------------------------------------- stage
@@ -304,7 +287,7 @@ def run(
         "device": str(dev),
         "seconds": round(time.perf_counter() - t_start, 2),
         "windows_per_s": round(times.windows / times.step_s, 2) if times.step_s else None,
-        "data_wait_share": _finite(times.wait_share),
+        "data_wait_share": json_float(times.wait_share),
     }
     metrics_file = Path(metrics_file)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)

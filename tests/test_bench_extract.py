@@ -1,0 +1,73 @@
+"""`bench extract`'s own machinery: the repeated-trial datasets it sizes to the model, the null-model ceiling, the
+stage's RunStats it reports, and the command itself through typer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.bench import extract as bench
+from pipeline.cli import app
+from pipeline.config import IResNetConfig, VGGishConfig
+from pipeline.extractors import build
+from pipeline.io.features import FeatureStore
+from pipeline.io.prepared import FrameReader, load_index
+from pipeline.stages import extract
+
+pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
+TRIALS = {"a": {"n": 20}, "b": {"n": 13, "fps": 30.0}, "c": {"n": 9, "audio": None}}
+
+
+def test_tiled_prepared_repeats_trials(make_prepared, tmp_path):
+    src = make_prepared(TRIALS, size=16)
+    total = sum(t.n_frames for t in src.trials)
+    tiled = bench._tiled_prepared(src.root, tmp_path / "w", 2 * total + 1, frames=True)
+    assert tiled.name == "tiled3"
+    index = load_index(tiled)
+    assert len(index.trials) == 3 * len(TRIALS) and sum(t.n_frames for t in index.trials) == 3 * total
+    assert bench._tiled_prepared(src.root, tmp_path / "w", 3 * total, frames=True) == tiled  # reused
+    with FrameReader(src.root / "frames.h5") as a, FrameReader(tiled / "frames.h5") as b:
+        for t in src.trials:
+            np.testing.assert_array_equal(b.frames(f"{t.name}~002"), a.frames(t.name))
+            np.testing.assert_array_equal(b.face(f"{t.name}~000"), a.face(t.name))
+    audio = bench._tiled_prepared(src.root, tmp_path / "w", 2 * total, frames=False)
+    assert audio.name == "tiled2-audio" and not (audio / "frames.h5").exists()
+
+
+def test_audio_copies_share_rows_and_stats_count_them(make_prepared, tmp_path):
+    src = make_prepared(TRIALS, size=16)
+    tiled = bench._tiled_prepared(src.root, tmp_path / "w", 2 * 42, frames=False)
+    cfg = VGGishConfig(batch=16)
+    stats = extract.run("vggish", cfg, tiled, tmp_path / "v.zarr", device="cpu", progress=False)
+    assert stats.rows == 2 * 42 and stats.total_s >= stats.setup_s + stats.first_batch_s > 0
+    s = FeatureStore.open(tmp_path / "v.zarr")
+    np.testing.assert_array_equal(s.read("a~000"), s.read("a~001"))  # same video, same frame times
+    assert not s.mask("c~001").any()  # no audio
+    again = extract.run("vggish", cfg, tiled, tmp_path / "v.zarr", device="cpu", progress=False)
+    assert again.rows == 0  # complete: nothing to do
+
+
+def test_ceiling_runs_the_stage_with_a_null_network(make_prepared, tmp_path):
+    src = make_prepared(TRIALS, size=16)
+    ex = build("iresnet", IResNetConfig(batch=8), 16, "cpu")
+    fps = bench._ceiling_fps(ex, src.root, tmp_path / "c.zarr", 42)
+    assert fps > 0 and not (tmp_path / "c.zarr").exists()  # measured, then removed
+
+
+@pytest.mark.slow
+def test_bench_extract_command(tmp_path):
+    """Fresh work folder: demo + prepare are built, the trials repeated to the asked network time, one JSON line."""
+    r = CliRunner().invoke(
+        app, ["bench", "extract", "--work", str(tmp_path), "--device", "cpu", "--seconds", "3", "--only", "vggish",
+              "--min-model-seconds", "15"],
+    )
+    assert r.exit_code == 0, r.output
+    line = json.loads([x for x in r.output.splitlines() if x.startswith("{")][-1])
+    assert line["extractor"] == "vggish" and line["data"].startswith("tiled") and line["data"].endswith("-audio")
+    assert line["frames"] >= 15 * line["model_fps"] * 0.99
+    assert line["ratio"] == pytest.approx(line["pipeline_fps"] / line["model_fps"], rel=1e-2)
+    for k in ("setup_s", "first_batch_s", "steady_fps", "ceiling_fps"):
+        assert line[k] is not None and line[k] >= 0
