@@ -42,3 +42,24 @@ def test_train_on_gpu_with_mixed_precision(tmp_path):
     res = train.run(0, model, cfg, prepared, features, tmp_path / "m", tmp_path / "f0.json", None, device="cuda")
     metrics = json.loads((tmp_path / "f0.json").read_text())
     assert metrics["device"].startswith("cuda") and np.isfinite(res["ccc_mean"])
+
+
+def test_switch_interval_is_short_during_a_cuda_run_and_restored(make_prepared, tmp_path):
+    import dataclasses
+    import sys
+
+    from pipeline.extractors import build
+
+    index = make_prepared({"a": {"n": 12}}, size=16)
+    ex = build("iresnet", IResNetConfig(batch=4), 16, "cuda")
+    seen = []
+
+    def null(x):
+        seen.append(sys.getswitchinterval())
+        return torch.zeros((len(x), *ex.row_shape), device=x.device)
+
+    before = sys.getswitchinterval()
+    extract.run("iresnet", None, index.root, tmp_path / "n.zarr", progress=False,
+                extractor=dataclasses.replace(ex, module=null))
+    assert len(seen) == 3 and max(seen) <= extract.SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before

@@ -251,7 +251,7 @@ class FeatureStore:
                 "mask", shape=(rows,), dtype=bool, chunks=(CHUNK_ROWS,), shards=(shard,), compressors=None,
                 fill_value=False,
             )
-        group.attrs.update(meta)
+        group.update_attributes(meta)  # one zarr.json write, last: a store without `format` is not a store yet
         return cls(path, group)
 
     # ------------------------------------------------------------------------------------------- reading
