@@ -12,9 +12,9 @@
   faster than this is starved by the data path.
 
 Data: ``<work>/prepared`` is built once from a generated demo dataset (``demo`` + ``prepare`` stages; 8 videos of
-``--seconds`` s). A dataset much shorter than the fixed start-up cost measures the start-up, not the pipeline (a
-fast GPU gets through the whole demo in about a second); so when the demo holds less than ``--min-model-seconds`` of
-network time, the trials are repeated (``<work>/tiled<k>``: k copies, crops copied into a new ``frames.h5``; the
+``--seconds`` s). A dataset much shorter than the fixed start-up cost measures the start-up, not the pipeline (an
+H100 got through 8 x 240 s of demo in one to three seconds); so when the demo holds less than ``--min-model-seconds``
+of network time, the trials are repeated (``<work>/tiled<k>``: k copies, crops copied into a new ``frames.h5``; the
 audio-only ``tiled<k>-audio`` links the demo's audio) until it does, as a real dataset (Aff-Wild2: ~2.9 M frames)
 would. ``--long-minutes M`` also writes a prepared folder with one M-minute trial (25 fps, a tone, random crops; no
 video is encoded) and measures the peak RSS of the stage in a child process per extractor, for at most

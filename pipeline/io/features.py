@@ -405,7 +405,7 @@ class FeatureStore:
             del self._writing[b]
 
     def flush(self) -> None:
-        """End of a run: close the shard files. Rows of an unfinished chunk (only possible when the run stopped
+        """End of a run: record each bucket's progress and close the shard files. Rows of an unfinished chunk (only possible when the run stopped
         before its buckets were complete) are dropped and redone by the next run."""
         for b, w in self._writing.items():
             self._record(b, w)
