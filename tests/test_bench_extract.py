@@ -53,7 +53,7 @@ def test_audio_copies_share_rows_and_stats_count_them(make_prepared, tmp_path):
 def test_ceiling_runs_the_stage_with_a_null_network(make_prepared, tmp_path):
     src = make_prepared(TRIALS, size=16)
     ex = build("iresnet", IResNetConfig(batch=8), 16, "cpu")
-    fps = bench._ceiling_fps(ex, src.root, tmp_path / "c.zarr", 42)
+    fps = bench._ceiling_fps(ex, src.root, tmp_path / "c.zarr")
     assert fps > 0 and not (tmp_path / "c.zarr").exists()  # measured, then removed
 
 

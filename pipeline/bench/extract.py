@@ -97,7 +97,11 @@ def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: 
     return n * ex.batch / (time.perf_counter() - t0)
 
 
-def _ceiling_fps(ex, data: Path, out: Path, frames: int) -> float:
+def _n_frames(prepared: Path) -> int:
+    return sum(t.n_frames for t in load_index(prepared).trials)
+
+
+def _ceiling_fps(ex, data: Path, out: Path) -> float:
     """The stage with a network that costs nothing (zeros of the row shape and store dtype, made on the model's
     device): reading, transfers to and from the device, and writing alone. The most the stage could do with an
     infinitely fast network on this machine; network building is not included."""
@@ -106,7 +110,7 @@ def _ceiling_fps(ex, data: Path, out: Path, frames: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     stage.run(ex.name, None, data, out, extractor=null, progress=False)
-    fps = frames / (time.perf_counter() - t0)
+    fps = _n_frames(data) / (time.perf_counter() - t0)
     shutil.rmtree(out, ignore_errors=True)
     return round(fps, 1)
 
@@ -228,9 +232,9 @@ def run(
         ex = build(name, cfg, index.frames_size, device)
         model_fps = _model_fps(name, ex, index.frames_size)
         data = prepared
-        if name != "mfcc" and model_fps * min_model_seconds > sum(t.n_frames for t in index.trials):
+        if name != "mfcc" and model_fps * min_model_seconds > _n_frames(prepared):
             data = _tiled_prepared(prepared, work, int(model_fps * min_model_seconds), frames=ex.kind == "frames")
-        frames = sum(t.n_frames for t in load_index(data).trials)
+        frames = _n_frames(data)
         dev, batch = str(ex.device), ex.batch
         out = work / f"{name}.zarr"
         ceiling = None
@@ -238,7 +242,7 @@ def run(
             cdata = data
             if frames < CEILING_FRAMES:
                 cdata = _tiled_prepared(prepared, work, CEILING_FRAMES, frames=ex.kind == "frames")
-            ceiling = _ceiling_fps(ex, cdata, out, sum(t.n_frames for t in load_index(cdata).trials))
+            ceiling = _ceiling_fps(ex, cdata, out)
         del ex
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()

@@ -277,7 +277,7 @@ def run(
     pin = ex.device.type == "cuda"
     reader = Inputs(ex, index, pin)
     bar = tqdm(total=total, unit="frame", desc=f"extract {name}", disable=not progress, mininterval=1.0, smoothing=0.1)
-    out_dtype = torch.float16 if ex.dtype == "float16" else torch.float32
+    out_dtype = getattr(torch, ex.dtype)  # the store dtype, "float16" or "float32"
 
     def write(b: Batch, host: torch.Tensor, done: torch.cuda.Event | None) -> None:
         if done is not None:
