@@ -140,7 +140,10 @@ def train(
     features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores")] = Path("features"),
     models: Annotated[Path, typer.Option(help="models folder; writes models/fold<k>/")] = Path("models"),
     metrics: Annotated[Path, typer.Option(help="metrics folder; writes metrics/fold<k>.json and metrics/fold<k>/")] = Path("metrics"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cuda:auto (claim a free GPU), cpu, cuda:1 ...")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue an interrupted run of the same inputs and params from its last epoch")
+    ] = False,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Train the fusion model on every fold but FOLD and validate on FOLD."""
@@ -157,6 +160,7 @@ def train(
         metrics_file=metrics / f"fold{fold}.json",
         plots_dir=metrics / f"fold{fold}",
         device=device,
+        resume=resume,
     )
 
 

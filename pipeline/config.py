@@ -130,6 +130,10 @@ class ModelConfig:
     dropout: float = Field(0.4, ge=0, lt=1)
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
     head_hidden: int = Field(64, ge=1)
+    # False (paper 3.2): forward-filled crops and repeated audio rows reach the model as they are; True: every row
+    # without real input (the store's mask) is set to the training mean. A modality a trial has no input for at all
+    # (a video without an audio stream) is the training mean either way.
+    zero_missing: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
@@ -151,8 +155,14 @@ class TrainConfig:
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     patience: int = Field(8, ge=1)  # early stopping on validation mean CCC
-    workers: int = Field(0, ge=0)  # DataLoader worker processes (0: a background thread assembles batches)
-    preload_gb: float = Field(4.0, ge=0)  # load the fold's features into memory when they take less than this
+    # Where the feature bank keeps each modality's rows (pipeline/bank.py): auto | device | pinned | mmap
+    bank: Literal["auto", "device", "pinned", "mmap"] = "auto"
+
+    @model_validator(mode="after")
+    def _hop_within_window(self) -> "TrainConfig":
+        if self.hop > self.window:
+            raise ValueError(f"hop ({self.hop}) must not exceed window ({self.window}): frames between windows would never be seen")
+        return self
 
 
 @dataclass(config=_STRICT)

@@ -43,6 +43,6 @@ def record() -> dict[str, Any]:
         "code_commit": code_commit(),
         "package_version": pipeline.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),  # a str subclass that torch.load(weights_only=True) refuses
+        "numpy": str(numpy.__version__),
     }

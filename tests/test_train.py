@@ -1,4 +1,5 @@
-"""Training smoke test on a tiny store, CPU determinism, chunked reading, and the CLI command."""
+"""Training on a tiny store: outputs, CPU determinism, every placement of the bank, the eight LA-SE / TCN /
+Transformer combinations, bank versus window-by-window batches, resuming, a fold without a defined CCC, the CLI."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import checkpoint
+from pipeline.bank import FeatureBank
 from pipeline.bench.train import make_synthetic
 from pipeline.config import ModelConfig, TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.io.features import FeatureStore
+from pipeline.io.prepared import load_folds, read_labels
+from pipeline.nn import FusionModel
 from pipeline.stages import train
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
@@ -25,9 +32,14 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     return make_synthetic(root, n_trials=6, n_test=1, frames=90, n_folds=3, row_shapes=SHAPES, noise=0.5)
 
 
-def fit(tiny, out: Path, fold: int = 0, model=MODEL, cfg=TRAIN) -> dict:
+def fit(tiny, out: Path, fold: int = 0, model=MODEL, cfg=TRAIN, **kw) -> dict:
     prepared, features = tiny
-    return train.run(fold, model, cfg, prepared, features, out / "models" / f"fold{fold}", out / "metrics" / f"fold{fold}.json", out / "metrics" / f"fold{fold}")
+    return train.run(fold, model, cfg, prepared, features, out / "models" / f"fold{fold}", out / "metrics" / f"fold{fold}.json", out / "metrics" / f"fold{fold}", **kw)
+
+
+def preds_of(out: Path, fold: int) -> dict[str, np.ndarray]:
+    with np.load(out / "models" / f"fold{fold}" / "val_predictions.npz") as z:
+        return {k: z[k] for k in z.files}
 
 
 def test_train_smoke_writes_outputs(tiny, tmp_path):
@@ -44,26 +56,125 @@ def test_train_smoke_writes_outputs(tiny, tmp_path):
     curves = tmp_path / "metrics" / "fold0" / "plots" / "metrics"
     for name in ("train/loss.tsv", "val/ccc_mean.tsv", "val/ccc_valence.tsv", "val/ccc_arousal.tsv"):
         assert len((curves / name).read_text().splitlines()) == 1 + metrics["epochs_run"]
-    model, norm, ckpt = train.load_checkpoint(fold_dir / "model.pt", torch.device("cpu"))
+    model, norm, ckpt = checkpoint.load(fold_dir / "model.pt", torch.device("cpu"))
     assert ckpt["row_shapes"]["iresnet"] == [16, 3, 3] and not model.training
+    assert ckpt["features"]["vggish"]["weights"] == "random-init" and metrics["bank"]["iresnet"] == "device"
 
 
-def test_cpu_runs_are_deterministic_and_chunked_equals_preloaded(tiny, tmp_path):
+def test_cpu_runs_are_deterministic_and_every_placement_trains_alike(tiny, tmp_path):
     a = fit(tiny, tmp_path / "a", fold=1)
     b = fit(tiny, tmp_path / "b", fold=1)
-    c = fit(tiny, tmp_path / "c", fold=1, cfg=TrainConfig(**{**TRAIN.__dict__, "preload_gb": 0.0}))
-    assert not c["preloaded"] and a["preloaded"]
+    c = fit(tiny, tmp_path / "c", fold=1, cfg=TrainConfig(**{**TRAIN.__dict__, "bank": "mmap"}))
+    assert c["bank"] == {m: "mmap" for m in SHAPES} and a["bank"] == {m: "device" for m in SHAPES}
     for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch"):
         assert a[k] == b[k] == c[k]
-    pa = np.load(tmp_path / "a" / "models" / "fold1" / "val_predictions.npz")
-    pb = np.load(tmp_path / "b" / "models" / "fold1" / "val_predictions.npz")
-    assert all(np.array_equal(pa[t], pb[t]) for t in pa.files)
+    pa, pb, pc = (preds_of(tmp_path / x, 1) for x in "abc")
+    assert all(np.array_equal(pa[t], pb[t]) and np.array_equal(pa[t], pc[t]) for t in pa)
 
 
-def test_every_switch_trains(tiny, tmp_path):
-    off = ModelConfig(**{**MODEL.__dict__, "lase": False, "tcn": False, "transformer": False, "modalities": ("iresnet",)})
-    res = fit(tiny, tmp_path, fold=2, model=off, cfg=TrainConfig(**{**TRAIN.__dict__, "epochs": 1}))
-    assert res["epochs_run"] == 1
+COMBOS = [(lase, tcn, tr) for lase in (False, True) for tcn in (False, True) for tr in (False, True)]
+
+
+@pytest.mark.parametrize(("lase", "tcn", "transformer"), COMBOS)
+def test_every_combination_trains(tiny, tmp_path, lase, tcn, transformer):
+    cfg = ModelConfig(**{**MODEL.__dict__, "lase": lase, "tcn": tcn, "transformer": transformer})
+    res = fit(tiny, tmp_path, fold=2, model=cfg, cfg=TrainConfig(**{**TRAIN.__dict__, "epochs": 1}))
+    assert res["epochs_run"] == 1 and res["ccc_mean"] is not None
+    model, _, _ = checkpoint.load(tmp_path / "models" / "fold2" / "model.pt", torch.device("cpu"))
+    assert (model.encoder is not None) == transformer and bool(len(model.tcn)) == tcn
+    assert (model.pool["iresnet"].attention is not None) == lase
+    init = FusionModel.from_config(cfg, {m: s for m, s in SHAPES.items()}, max_len=TRAIN.window)
+    trained = model.state_dict()
+    assert set(trained) == set(init.state_dict())
+    assert any(not torch.equal(v, trained[k]) for k, v in init.state_dict().items() if v.is_floating_point())
+
+
+def test_bank_batches_train_exactly_like_windows_read_one_by_one(tiny):
+    """One epoch from the bank and one from windows read trial by trial from the stores (the pre-bank data path),
+    over the same plan and seeds: the same weights, bit for bit, on the CPU."""
+    prepared, features = tiny
+    folds = load_folds(prepared / "folds.json")
+    trials = sorted(t for f in folds[1:] for t in f)
+    labels = read_labels(prepared, trials)
+    bank = FeatureBank.build(features, list(SHAPES), trials, torch.device("cpu"), "device", labels, progress=False)
+    norm = bank.fit_normaliser(trials)
+    lengths = {t: int(bank.lengths[bank.index[t]]) for t in trials}
+    stores = {m: FeatureStore.open(features / f"{m}.zarr") for m in SHAPES}
+
+    def one_by_one(w):
+        out = {m: [] for m in SHAPES}
+        for i, s in zip(w.trial.tolist(), w.rows[:, 0].tolist()):
+            t = bank.trials[i]
+            start = s - int(bank.offsets[i])
+            stop = min(start + TRAIN.window, lengths[t])
+            for m, st in stores.items():
+                x = torch.zeros((TRAIN.window, *SHAPES[m]))
+                x[: stop - start] = norm.apply(m, torch.from_numpy(st.read(t, start, stop)))
+                out[m].append(x)
+        batch = {m: torch.stack(v) for m, v in out.items()}
+        batch["mask"] = w.valid.clone()
+        y = torch.zeros((len(w), TRAIN.window, 2))
+        for b, (i, s) in enumerate(zip(w.trial.tolist(), w.rows[:, 0].tolist())):
+            start = s - int(bank.offsets[i])
+            k = min(TRAIN.window, lengths[bank.trials[i]] - start)
+            y[b, :k] = torch.from_numpy(labels[bank.trials[i]][start : start + k])
+        batch["labels"] = y
+        return batch
+
+    weights = []
+    for make in (lambda w: bank.batch(w, norm, zero_missing=False), one_by_one):
+        torch.manual_seed(0)
+        model = FusionModel.from_config(MODEL, bank.row_shapes, max_len=TRAIN.window)
+        optim = torch.optim.AdamW(model.parameters(), lr=TRAIN.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 1.0)
+        plan = train.epoch_batches(bank, lengths, TRAIN, [0, 0, 0], torch.Generator().manual_seed(0))
+        train.train_epoch(model, (make(w) for w in plan), optim, sched, torch.amp.GradScaler("cuda", enabled=False),
+                          None, train.StepTimes())
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    cfg = TrainConfig(**{**TRAIN.__dict__, "epochs": 4, "patience": 10})
+    ref = fit(tiny, tmp_path / "ref", fold=0, cfg=cfg)
+
+    real_save = train._save_resume
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed right after epoch 1's checkpoint
+
+    monkeypatch.setattr(train, "_save_resume", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny, tmp_path / "run", fold=0, cfg=cfg)
+    monkeypatch.setattr(train, "_save_resume", real_save)
+    assert not (tmp_path / "run" / "models" / "fold0" / "model.pt").exists()
+    assert (tmp_path / "run" / "models" / ".resume" / "fold0" / "last.pt").exists()
+    res = fit(tiny, tmp_path / "run", fold=0, cfg=cfg, resume=True)
+    for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch", "epochs_run"):
+        assert res[k] == ref[k], k
+    pr, pn = preds_of(tmp_path / "ref", 0), preds_of(tmp_path / "run", 0)
+    assert all(np.array_equal(pr[t], pn[t]) for t in pr)
+    curve = tmp_path / "run" / "metrics" / "fold0" / "plots" / "metrics" / "val" / "ccc_mean.tsv"
+    assert len(curve.read_text().splitlines()) == 1 + 4  # the resumed run's curves hold every epoch
+    # other params: the checkpoint is not resumed
+    other = fit(tiny, tmp_path / "run", fold=0, cfg=TrainConfig(**{**cfg.__dict__, "lr": 1e-3}), resume=True)
+    assert other["epochs_run"] == 4 and other["ccc_mean"] != res["ccc_mean"]
+
+
+def test_a_fold_whose_ccc_is_never_defined_is_a_one_line_error(tiny, tmp_path, monkeypatch):
+    real = train.predict
+
+    def diverged(*args, **kwargs):  # what a model that diverged to NaN predicts
+        return {t: np.full_like(p, np.nan) for t, p in real(*args, **kwargs).items()}
+
+    monkeypatch.setattr(train, "predict", diverged)
+    with pytest.raises(PipelineError, match=r"fold 0: validation CCC was undefined \(NaN\) in all 2 epoch"):
+        fit(tiny, tmp_path, fold=0, cfg=TrainConfig(**{**TRAIN.__dict__, "epochs": 2}))
+    assert not (tmp_path / "models" / "fold0" / "model.pt").exists()
 
 
 @pytest.mark.slow

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import checkpoint
+from pipeline.bank import FeatureBank
 from pipeline.config import PostprocessConfig, SplitConfig
-from pipeline.devices import resolve_device
+from pipeline.devices import amp_dtype, resolve_device
 from pipeline.errors import InputError
 from pipeline.io.prepared import load_index
 from pipeline.postprocess import smooth
-from pipeline.stages.train import amp_dtype, load_checkpoint
-from pipeline.windows import FeatureSource, predict_trial
+from pipeline.windows import predict
 
 HEADER = "image_location,valence,arousal"
 
@@ -63,16 +64,22 @@ def run(
     tests = index.by_split("test")
     names = [t.name for t in tests]
     totals: dict[str, np.ndarray] = {}
+    bank: FeatureBank | None = None
     for k in split_cfg.folds:
-        model, norm, ckpt = load_checkpoint(models / f"fold{k}" / "model.pt", dev)
+        path = models / f"fold{k}" / "model.pt"
+        model, norm, ckpt = checkpoint.load(path, dev)
         if not names:
             break
-        # one trial's rows at a time from the Zarr chunks: the test set need not fit in memory
-        source = FeatureSource(features, list(ckpt["row_shapes"]), names, preload=False)
-        with torch.inference_mode():
-            for t in names:
-                p = predict_trial(model, source, norm, t, ckpt["window"], ckpt["hop"], dev, 8, amp_dtype(dev))
-                totals[t] = totals.get(t, 0) + p.astype(np.float64)
+        modalities = list(ckpt["row_shapes"])
+        if bank is None:  # the test trials' rows, loaded once for every fold's model
+            bank = FeatureBank.build(features, modalities, names, dev, "auto", progress=False)
+        if modalities != bank.modalities:
+            raise InputError(f"{path}: uses modalities {modalities}, fold {split_cfg.folds[0]}'s model uses {bank.modalities}")
+        checkpoint.check_features(path, ckpt, {m: {**bank.attrs[m], "row_shape": list(bank.row_shapes[m])} for m in modalities})
+        preds = predict(model, bank, norm, names, ckpt["window"], ckpt["hop"], bool(ckpt["model"]["zero_missing"]),
+                        autocast_dtype=amp_dtype(dev))
+        for t in names:
+            totals[t] = totals.get(t, 0) + preds[t].astype(np.float64)
         print(f"predict: fold {k} done ({len(names)} test trials)")
     final = {t: smooth((totals[t] / len(split_cfg.folds)).astype(np.float32), post_cfg) for t in names}
 

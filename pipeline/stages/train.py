@@ -2,20 +2,32 @@
 
 Writes (paths from dvc.yaml through the CLI)::
 
-    <model_dir>/model.pt             best checkpoint: state_dict, model params, row shapes, normalisation statistics
+    <model_dir>/model.pt             best checkpoint (pipeline/checkpoint.py): weights, model params, row shapes,
+                                     normalisation statistics, the features' extractor / weights / parameters
     <model_dir>/val_predictions.npz  {trial: (N, 2) float32} whole-trial predictions of the best epoch
     <model_dir>/meta.json            fold, trials, best epoch, random-init flags, per-trial validation CCC
     <metrics_file>                   CCC of the best epoch over all validation frames concatenated (challenge
-                                     protocol), throughput, random-init flags
-    <plots_dir>/                     dvclive per-epoch curves: train/loss, val/ccc_valence, val/ccc_arousal, val/ccc_mean
+                                     protocol), throughput, where the feature bank lived, random-init flags
+    <plots_dir>/                     dvclive per-epoch curves: train/loss, val/ccc_valence, val/ccc_arousal, val/ccc_mean, lr
+
+and, for ``--resume``, ``<model_dir>/../.resume/<fold dir>/last.pt`` after every epoch (outside the stage's DVC
+output, which DVC deletes before a re-run; ``.dvcignore`` keeps it out of ``evaluate``'s dependency on ``models``).
+
+The fold's trials sit in a feature bank (pipeline/bank.py); a batch is one gather of window rows, normalised with
+the training folds' statistics on the compute device. Validation predicts whole trials with overlapping windows of
+every validation trial batched together (pipeline/windows.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import queue
 import random
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,27 +35,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import checkpoint, provenance
+from pipeline.bank import FeatureBank, Windows
 from pipeline.config import ModelConfig, TrainConfig, as_dict
-from pipeline.devices import resolve_device
-from pipeline.errors import InputError
+from pipeline.devices import amp_dtype, resolve_device
+from pipeline.errors import InputError, PipelineError
 from pipeline.io.prepared import load_folds, read_labels
 from pipeline.metrics import ccc_loss, ccc_va, json_float
 from pipeline.nn import FusionModel
-from pipeline.windows import FeatureSource, Normaliser, Prefetcher, WindowDataset, predict_trial
+from pipeline.normalise import Normaliser
+from pipeline.windows import INFER_BATCH, epoch_windows, predict, window_starts
 
-CHECKPOINT_FORMAT = "va-pipeline-model/1"
 GRAD_CLIP = 1.0  # max gradient norm; CCC loss spikes on near-constant batches
 MIN_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of train.lr
+PREFETCH = 2  # batches gathered ahead when some rows live on the host (pinned or mapped)
+RESUME_FORMAT = "va-pipeline-resume/1"
 
 
-# ------------------------------------------------------------------------------------------ shared helpers
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on GPU (bf16 where supported, else fp16 with a GradScaler); full precision on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
+# ------------------------------------------------------------------------------------------ small helpers
 def seed_everything(seed: int, device: torch.device) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -51,22 +60,6 @@ def seed_everything(seed: int, device: torch.device) -> None:
     if device.type == "cpu":
         # CPU kernels are deterministic with this; two runs with the same params give the same metrics
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dict[str, Any]]:
-    """Model (eval mode, on ``device``), its normalisation statistics and the checkpoint's metadata."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (run `python -m pipeline train --fold <k>` first)") from None
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a checkpoint of this pipeline (format {ckpt.get('format')!r})")
-    cfg = ModelConfig(**ckpt["model"])
-    row_shapes = {m: tuple(s) for m, s in ckpt["row_shapes"].items()}
-    model = FusionModel.from_config(cfg, row_shapes, max_len=ckpt["window"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
-    return model, Normaliser.from_state(ckpt["norm"]), ckpt
 
 
 def score(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -77,10 +70,54 @@ def score(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[s
     return {**{k: json_float(v) for k, v in overall.items()}, "per_trial": per_trial}
 
 
-# ---------------------------------------------------------------------------------------------------- stage
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to MIN_LR_FRACTION at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def epoch_batches(
+    bank: FeatureBank, lengths: dict[str, int], cfg: TrainConfig, epoch_seed: list[int], order_gen: torch.Generator
+) -> list[Windows]:
+    """The training batches of one epoch, as bank coordinates: windows re-cut from a fresh offset per trial
+    (:func:`epoch_windows`), shuffled as a ``DataLoader(shuffle=True, generator=order_gen)`` would."""
+    items = epoch_windows(lengths, cfg.window, cfg.hop, np.random.default_rng(epoch_seed))
+    trial = np.array([bank.index[t] for t, _ in items], dtype=np.int64)
+    start = np.array([s for _, s in items], dtype=np.int64)
+    torch.empty((), dtype=torch.int64).random_(generator=order_gen)  # a DataLoader iterator's base seed draw
+    order = np.array(list(torch.utils.data.RandomSampler(range(len(items)), generator=order_gen)), dtype=np.int64)
+    return [
+        bank.windows(trial[order[i : i + cfg.batch]], start[order[i : i + cfg.batch]], cfg.window)
+        for i in range(0, len(order), cfg.batch)
+    ]
+
+
+def prefetched(make: Iterable[Any], depth: int) -> Iterator[Any]:
+    """Items of ``make`` produced ``depth`` ahead in a background thread (the gather of host-resident rows and
+    their copy to the GPU overlap the training step); exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in make:
+                q.put(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 @dataclass
 class StepTimes:
-    """Where training time went: blocked on the next batch versus the whole step (data wait included)."""
+    """Where training time went: blocked on the next batch versus the whole epoch's training loop."""
 
     wait_s: float = 0.0
     step_s: float = 0.0
@@ -93,6 +130,70 @@ class StepTimes:
         return self.wait_s / self.step_s if self.step_s else float("nan")
 
 
+def train_epoch(
+    model: FusionModel,
+    batches: Iterable[dict[str, torch.Tensor]],
+    optim: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    adtype: torch.dtype | None,
+    times: StepTimes,
+    max_steps: int | None = None,
+) -> float:
+    """One pass over ``batches`` (each ``{modality: (B, T, ...), "mask": (B, T), "labels": (B, T, 2)}``);
+    returns the mean loss. The loss stays on the device until the end (no synchronisation per step)."""
+    model.train()
+    dev = next(model.parameters()).device
+    total = torch.zeros((), device=dev)
+    n = 0
+    t_start = time.perf_counter()
+    it = iter(batches)
+    while max_steps is None or n < max_steps:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        times.wait_s += time.perf_counter() - t0
+        if batch is None:
+            break
+        mask, y = batch.pop("mask"), batch.pop("labels")
+        with torch.autocast(dev.type, dtype=adtype, enabled=adtype is not None):
+            pred = model(batch, mask)  # (B, T, 2)
+        loss = ccc_loss(pred.float(), y, mask)
+        optim.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optim)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        scaler.step(optim)
+        scaler.update()
+        sched.step()
+        total += loss.detach()
+        n += 1
+        times.windows += len(y)
+    mean = float(total) / n if n else float("nan")  # one synchronisation per epoch
+    times.steps += n
+    times.step_s += time.perf_counter() - t_start
+    return mean
+
+
+# -------------------------------------------------------------------------------------------- resuming
+def resume_path(model_dir: Path) -> Path:
+    """``models/.resume/fold<k>/last.pt`` beside ``models/fold<k>``."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / ".resume" / model_dir.name / "last.pt"
+
+
+def run_fingerprint(fold: int, model_cfg: ModelConfig, train_cfg: TrainConfig, trials: list[list[str]],
+                    bank: FeatureBank, labels: dict[str, np.ndarray]) -> str:
+    """Digest of everything that decides a training run: a resume checkpoint with another one is not resumed."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"fold": fold, "model": as_dict(model_cfg), "train": as_dict(train_cfg), "trials": trials,
+                         "stores": {m: bank.attrs[m].get("fingerprint") for m in bank.modalities}},
+                        sort_keys=True).encode())
+    for t in sorted(labels):
+        h.update(np.ascontiguousarray(labels[t], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------- stage
 def run(
     fold: int,
     model_cfg: ModelConfig,
@@ -104,14 +205,18 @@ def run(
     plots_dir: Path | None,
     device: str = "auto",
     max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train fold ``fold`` and write its checkpoint, validation predictions, metrics and curves.
 
-    ``max_steps`` stops after that many optimiser steps (benchmarks); the stage itself leaves it None.
-    Returns the metrics written to ``metrics_file`` (plus a ``timing`` entry).
+    ``resume``: continue from the last epoch checkpoint of an interrupted run with the same inputs and params (on
+    CPU the result equals an uninterrupted run's). ``max_steps`` stops after that many optimiser steps
+    (benchmarks); the stage itself leaves it None. Returns the metrics written to ``metrics_file`` (plus a
+    ``timing`` entry).
     """
     t_start = time.perf_counter()
-    prepared, features = Path(prepared), Path(features)
+    prepared, features, model_dir = Path(prepared), Path(features), Path(model_dir)
     dev = resolve_device(device)
     seed_everything(train_cfg.seed + fold, dev)
 
@@ -125,178 +230,187 @@ def run(
     labels = read_labels(prepared, train_trials + val_trials)
 
     modalities = list(model_cfg.modalities)
-    need = FeatureSource.nbytes(features, modalities, train_trials + val_trials)
-    preload = need <= train_cfg.preload_gb * 2**30
-    source = FeatureSource(features, modalities, train_trials + val_trials, preload=preload)
-    for t in train_trials + val_trials:
-        if source.lengths[t] != len(labels[t]):
-            raise InputError(f"{features}: trial {t!r} has {source.lengths[t]} feature rows but {len(labels[t])} labels")
-    norm = Normaliser.fit(source, train_trials)
-    random_init = sorted(m for m, r in source.random_init.items() if r)
+    bank = FeatureBank.build(features, modalities, train_trials + val_trials, dev, train_cfg.bank, labels, progress)
+    norm = bank.fit_normaliser(train_trials)
+    random_init = sorted(m for m in modalities if bank.attrs[m].get("weights") == "random-init")
+    print(f"train fold {fold}: feature bank {json.dumps(bank.describe())} on {dev}", flush=True)
     if random_init:
         print(f"train fold {fold}: NOTE features from random-init backbones: {', '.join(random_init)}")
 
-    dataset = WindowDataset(source, norm, {t: labels[t] for t in train_trials}, train_cfg.window, train_cfg.hop)
-    loader_gen = torch.Generator().manual_seed(train_cfg.seed * 1000 + fold)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=train_cfg.batch,
-        shuffle=True,
-        generator=loader_gen,
-        num_workers=train_cfg.workers,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-    )
-
-    model = FusionModel.from_config(model_cfg, source.row_shapes, max_len=train_cfg.window).to(dev)
+    lengths = {t: int(bank.lengths[bank.index[t]]) for t in train_trials}
+    order_gen = torch.Generator().manual_seed(train_cfg.seed * 1000 + fold)
+    model = FusionModel.from_config(model_cfg, bank.row_shapes, max_len=train_cfg.window).to(dev)
     optim = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(dataset) / train_cfg.batch)  # resampling keeps the count within a few windows
+    n_windows = sum(len(window_starts(n, train_cfg.window, train_cfg.hop)) for n in lengths.values())
+    steps_per_epoch = math.ceil(n_windows / train_cfg.batch)  # resampling keeps the count within a few windows
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
     warmup = train_cfg.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to MIN_LR_FRACTION
-        if step < warmup:
-            return (step + 1) / warmup
-        p = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, warmup, total_steps))
     adtype = amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=adtype == torch.float16)
+    on_host = any(bank.placement[m] != "device" for m in modalities)
 
-    live = _open_curves(plots_dir)
-    best: dict[str, Any] = {"score": -math.inf, "epoch": -1}
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "stale": 0, "history": [], "done": False,
+                             "best": {"score": -math.inf, "epoch": -1}}
+    fp = run_fingerprint(fold, model_cfg, train_cfg, [val_trials, train_trials], bank, labels)
+    last = resume_path(model_dir)
+    if resume:
+        state = _load_resume(last, fp, model, optim, sched, scaler, order_gen, state, fold)
+
+    live = _open_curves(plots_dir, state["history"])
     times = StepTimes()
-    stale, step = 0, 0
-    epoch = 0
-    for epoch in range(train_cfg.epochs):
+    while not state["done"] and state["epoch"] < train_cfg.epochs:
+        epoch = state["epoch"]
         t_epoch = time.perf_counter()
-        dataset.resample(np.random.default_rng([train_cfg.seed, fold, epoch]))
-        model.train()
-        losses = []
-        it = iter(Prefetcher(loader, dev))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            t1 = time.perf_counter()
-            if batch is None:
-                break
-            mask = batch.pop("mask")
-            y = batch.pop("labels")
-            with torch.autocast(dev.type, dtype=adtype, enabled=adtype is not None):
-                pred = model(batch, mask)  # (B, T, 2)
-            loss = ccc_loss(pred.float(), y, mask)
-            optim.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optim)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            scaler.step(optim)
-            scaler.update()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t2 = time.perf_counter()
-            times.wait_s += t1 - t0
-            times.step_s += t2 - t0
-            times.steps += 1
-            times.windows += len(y)
-            step += 1
-            if max_steps is not None and step >= max_steps:
-                break
+        plan = epoch_batches(bank, lengths, train_cfg, [train_cfg.seed, fold, epoch], order_gen)
+        left = None if max_steps is None else max(0, max_steps - state["step"])
+        make = (bank.batch(w, norm, model_cfg.zero_missing) for w in plan[:left])
+        loss = train_epoch(model, prefetched(make, PREFETCH) if on_host else make, optim, sched, scaler, adtype,
+                           times)
+        state["step"] += min(len(plan), left) if left is not None else len(plan)
 
         model.eval()
-        preds = {
-            t: predict_trial(model, source, norm, t, train_cfg.window, train_cfg.hop, dev, train_cfg.batch, adtype)
-            for t in val_trials
-        }
+        preds = predict(model, bank, norm, val_trials, train_cfg.window, train_cfg.hop, model_cfg.zero_missing,
+                        INFER_BATCH, adtype)
         val = score(preds, labels)
-        mean = val["ccc_mean"] if val["ccc_mean"] is not None else -math.inf
-        live.log_metric("train/loss", float(np.mean(losses)) if losses else float("nan"))
-        for k in ("ccc_valence", "ccc_arousal", "ccc_mean"):
-            live.log_metric(f"val/{k}", val[k] if val[k] is not None else float("nan"))
-        live.log_metric("lr", optim.param_groups[0]["lr"])
-        live.next_step()
+        logged = {"train/loss": loss, "val/ccc_valence": val["ccc_valence"], "val/ccc_arousal": val["ccc_arousal"],
+                  "val/ccc_mean": val["ccc_mean"], "lr": optim.param_groups[0]["lr"]}
+        _log(live, logged)
+        state["history"].append(logged)
         times.epochs.append(time.perf_counter() - t_epoch)
-        print(
-            f"fold {fold} epoch {epoch:3d} loss {np.mean(losses) if losses else float('nan'):.4f} "
-            f"val ccc v {val['ccc_valence']} a {val['ccc_arousal']} mean {val['ccc_mean']} "
-            f"({times.epochs[-1]:.1f} s)",
-            flush=True,
-        )
-        if mean > best["score"]:
-            best = {
-                "score": mean,
-                "epoch": epoch,
-                "val": val,
-                "preds": preds,
-                "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            }
-            stale = 0
+        print(f"fold {fold} epoch {epoch:3d} loss {loss:.4f} val ccc v {val['ccc_valence']} a {val['ccc_arousal']} "
+              f"mean {val['ccc_mean']} ({times.epochs[-1]:.1f} s)", flush=True)
+        mean = val["ccc_mean"] if val["ccc_mean"] is not None else -math.inf
+        if mean > state["best"]["score"]:
+            state["best"] = {"score": mean, "epoch": epoch, "val": val, "preds": preds,
+                             "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+            state["stale"] = 0
         else:
-            stale += 1
-            if stale >= train_cfg.patience:
-                break
-        if max_steps is not None and step >= max_steps:
-            break
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        state["done"] = (state["stale"] >= train_cfg.patience or state["epoch"] >= train_cfg.epochs
+                         or (max_steps is not None and state["step"] >= max_steps))
+        _save_resume(last, fp, model, optim, sched, scaler, order_gen, state)
     live.end()
     if plots_dir is not None:
         _drop_live_summary(Path(plots_dir))
 
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "fold": fold,
-            "epoch": best["epoch"],
-            "model": as_dict(model_cfg),
-            "train": as_dict(train_cfg),
-            "row_shapes": {m: list(s) for m, s in source.row_shapes.items()},
-            "window": train_cfg.window,
-            "hop": train_cfg.hop,
-            "norm": norm.state(),
-            "state_dict": best["state"],
-        },
-        model_dir / "model.pt",
-    )
+    best = state["best"]
+    if best["epoch"] < 0:
+        raise PipelineError(
+            f"fold {fold}: validation CCC was undefined (NaN) in all {state['epoch']} epoch(s): the predictions are not "
+            f"finite (training diverged, or the features hold NaN) or they and the labels of the validation trials "
+            f"{val_trials[:3]}{'...' if len(val_trials) > 3 else ''} are constant; nothing was written"
+        )
+    return _write_outputs(fold, model_cfg, train_cfg, bank, norm, best, state, val_trials, train_trials,
+                          random_init, dev, model_dir, Path(metrics_file), times, t_start)
+
+
+def _write_outputs(fold: int, model_cfg: ModelConfig, train_cfg: TrainConfig, bank: FeatureBank, norm: Normaliser,
+                   best: dict[str, Any], state: dict[str, Any], val_trials: list[str], train_trials: list[str],
+                   random_init: list[str], dev: torch.device, model_dir: Path, metrics_file: Path,
+                   times: StepTimes, t_start: float) -> dict[str, Any]:
+    features = {m: checkpoint.feature_record(bank.attrs[m]) for m in bank.modalities}
+    made_by = provenance.record()
+    checkpoint.save(model_dir / "model.pt", {
+        "fold": fold,
+        "epoch": best["epoch"],
+        "model": as_dict(model_cfg),
+        "train": as_dict(train_cfg),
+        "row_shapes": {m: list(s) for m, s in bank.row_shapes.items()},
+        "window": train_cfg.window,
+        "hop": train_cfg.hop,
+        "norm": norm.state(),
+        "features": features,
+        "provenance": made_by,
+        "state_dict": best["state"],
+    })
     np.savez(model_dir / "val_predictions.npz", **best["preds"])
+    val = best["val"]
     meta = {
         "fold": fold,
         "val_trials": val_trials,
         "train_trials": train_trials,
         "best_epoch": best["epoch"],
-        "modalities": modalities,
+        "modalities": list(bank.modalities),
         "random_init_backbones": random_init,
-        "val": {k: best["val"][k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean")},
-        "per_trial": best["val"]["per_trial"],
+        "features": features,
+        "provenance": made_by,
+        "val": {k: val[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean")},
+        "per_trial": val["per_trial"],
     }
     (model_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-
-    val = best["val"]
     metrics = {
         "fold": fold,
         "ccc_valence": val["ccc_valence"],
         "ccc_arousal": val["ccc_arousal"],
         "ccc_mean": val["ccc_mean"],
         "best_epoch": best["epoch"],
-        "epochs_run": epoch + 1,
+        "epochs_run": state["epoch"],
         "random_init_backbones": random_init,
-        "train_windows_per_epoch": len(dataset),
-        "preloaded": preload,
+        "train_frames": int(sum(bank.lengths[bank.index[t]] for t in train_trials)),
+        "bank": {m: bank.placement[m] for m in bank.modalities},
         "device": str(dev),
         "seconds": round(time.perf_counter() - t_start, 2),
         "windows_per_s": round(times.windows / times.step_s, 2) if times.step_s else None,
         "data_wait_share": json_float(times.wait_share),
     }
-    metrics_file = Path(metrics_file)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(metrics, indent=1) + "\n")
-    print(
-        f"fold {fold}: best epoch {best['epoch']} val ccc mean {val['ccc_mean']} "
-        f"(v {val['ccc_valence']}, a {val['ccc_arousal']}) in {metrics['seconds']} s"
-    )
+    print(f"fold {fold}: best epoch {best['epoch']} val ccc mean {val['ccc_mean']} "
+          f"(v {val['ccc_valence']}, a {val['ccc_arousal']}) in {metrics['seconds']} s")
     return {**metrics, "timing": times}
+
+
+def _save_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                 order_gen: torch.Generator, state: dict[str, Any]) -> None:
+    """Everything needed to continue after this epoch as if never stopped (RNG states included)."""
+    checkpoint_doc = {
+        "resume_format": RESUME_FORMAT,
+        "fingerprint": fp,
+        "model": model.state_dict(),
+        "optim": optim.state_dict(),
+        "sched": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "order_gen": order_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "state": {**state, "best": {**state["best"], "preds": {t: torch.from_numpy(p) for t, p in state["best"].get("preds", {}).items()}}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint_doc, tmp)
+    tmp.replace(path)
+
+
+def _load_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                 order_gen: torch.Generator, fresh: dict[str, Any], fold: int) -> dict[str, Any]:
+    """Restore a run from ``path`` when it was made with the same inputs and params; else start afresh."""
+    if not path.exists():
+        print(f"train fold {fold}: no checkpoint to resume at {path}; starting at epoch 0", flush=True)
+        return fresh
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated file (killed while writing the .tmp is not this) restarts
+        print(f"train fold {fold}: {path} is unreadable ({type(e).__name__}); starting at epoch 0", flush=True)
+        return fresh
+    if doc.get("resume_format") != RESUME_FORMAT or doc.get("fingerprint") != fp:
+        print(f"train fold {fold}: {path} was made with other inputs or params; starting at epoch 0", flush=True)
+        return fresh
+    model.load_state_dict(doc["model"])
+    optim.load_state_dict(doc["optim"])
+    sched.load_state_dict(doc["sched"])
+    scaler.load_state_dict(doc["scaler"])
+    order_gen.set_state(doc["order_gen"])
+    torch.set_rng_state(doc["torch_rng"])
+    if doc["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(doc["cuda_rng"])
+    state = doc["state"]
+    state["best"]["preds"] = {t: p.numpy() for t, p in state["best"].get("preds", {}).items()}
+    print(f"train fold {fold}: resuming after epoch {state['epoch'] - 1} from {path}", flush=True)
+    return state
 
 
 class _NoCurves:
@@ -312,13 +426,23 @@ class _NoCurves:
         pass
 
 
-def _open_curves(plots_dir: Path | None) -> Any:
-    """dvclive's ``Live`` writing per-epoch curves under ``plots_dir`` (no dvc.yaml of its own), or a no-op."""
+def _open_curves(plots_dir: Path | None, history: list[dict[str, float]]) -> Any:
+    """dvclive's ``Live`` writing per-epoch curves under ``plots_dir`` (no dvc.yaml of its own), or a no-op; the
+    epochs of a resumed run are written again first (DVC deleted the curves with the stage's outputs)."""
     if plots_dir is None:
         return _NoCurves()
     from dvclive import Live
 
-    return Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    live = Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    for logged in history:
+        _log(live, logged)
+    return live
+
+
+def _log(live: Any, logged: dict[str, float | None]) -> None:
+    for k, v in logged.items():
+        live.log_metric(k, float("nan") if v is None else v)
+    live.next_step()
 
 
 def _drop_live_summary(plots_dir: Path) -> None:

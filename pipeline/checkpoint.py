@@ -1,0 +1,88 @@
+"""Fold checkpoints (``models/fold<k>/model.pt``): the model's weights with everything needed to use it.
+
+A checkpoint carries the model params, the row shapes of its inputs, the window and hop it was trained with, the
+normalisation statistics of its training folds and, per modality, what the feature store said about the features it
+was trained on (extractor, weights digest, parameters). ``predict`` and ``analyze`` refuse features that differ:
+features from other weights would make the predictions meaningless.
+
+Saved with plain tensors and JSON-like values only, so :func:`load` uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import InputError
+from pipeline.nn import FusionModel
+from pipeline.normalise import Normaliser
+
+FORMAT = "va-pipeline-model/2"
+FEATURE_KEYS = ("extractor", "weights", "parameters")  # what must agree between a checkpoint and the stores
+
+
+def feature_record(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint keeps of a store's attributes: extractor, weights digest, parameters, code version."""
+    return {k: attrs.get(k) for k in (*FEATURE_KEYS, "code_version")}
+
+
+def save(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` (with ``format`` added) to ``path`` through a temporary file: never a half-written model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **doc}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dict[str, Any]]:
+    """Model (eval mode, on ``device``), its normalisation statistics and the checkpoint's metadata."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found (run `python -m pipeline train --fold <k>` first)") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise InputError(f"{path}: not a checkpoint of this pipeline version (format {got!r}, expected {FORMAT!r}); re-run training")
+    cfg = ModelConfig(**ckpt["model"])
+    row_shapes = {m: tuple(s) for m, s in ckpt["row_shapes"].items()}
+    model = FusionModel.from_config(cfg, row_shapes, max_len=ckpt["window"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise InputError(f"{path}: weights do not fit its own model params: {str(e).splitlines()[-1].strip()}") from None
+    model.to(device).eval()
+    return model, Normaliser.from_state(ckpt["norm"]), ckpt
+
+
+def check_features(path: Path, ckpt: Mapping[str, Any], stores: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse features that differ from those the checkpoint at ``path`` was trained on. ``stores`` maps each
+    modality to the attributes of the store (or of the extractor) that would feed the model."""
+    trained = ckpt.get("features", {})
+    for m, shape in ckpt["row_shapes"].items():
+        if m not in stores:
+            raise InputError(f"{path}: the model needs {m!r} features, which are not available")
+        have = stores[m]
+        got_shape = list(have.get("row_shape", shape))
+        if got_shape != list(shape):
+            raise InputError(f"{path}: {m!r} rows of shape {got_shape}, but the model was trained on {list(shape)}")
+        for k in FEATURE_KEYS:
+            want = trained.get(m, {}).get(k)
+            if want is not None and have.get(k) != want:
+                raise InputError(
+                    f"{path}: {m!r} features differ from those the model was trained on: {k} is {_short(have.get(k))}, "
+                    f"the model expects {_short(want)}"
+                )
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
