@@ -245,13 +245,18 @@ def bench_extract(
 @bench_app.command("train")
 @user_errors
 def bench_train(
-    work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    work: Annotated[Path, typer.Option(help="scratch folder (synthetic data is built there once)")] = Path("data/bench"),
+    device: Annotated[str, typer.Option(help="auto, cuda:auto, cpu, cuda ...")] = "auto",
+    frames: Annotated[
+        int | None, typer.Option(help="synthetic data in Aff-Wild2's shapes and trial lengths, this many frames", min=2000)
+    ] = None,
+    paper_size: Annotated[bool, typer.Option("--paper-size", help="the paper's model size and a batch of 16")] = False,
+    steps: Annotated[int, typer.Option(help="training steps per timed pipeline call", min=2)] = 12,
 ) -> None:
-    """Training throughput, data-wait share and peak memory, one JSON line."""
+    """Training data path, model step and whole step (windows/s, ratios, projection to Aff-Wild2), one JSON line."""
     from pipeline.bench import train as bench
 
-    bench.run(work, device=device)
+    bench.run(work, device=device, frames=frames, paper_size=paper_size, steps=steps)
 
 
 @bench_app.command("scan")

@@ -138,7 +138,6 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     adtype: torch.dtype | None,
     times: StepTimes,
-    max_steps: int | None = None,
 ) -> float:
     """One pass over ``batches`` (each ``{modality: (B, T, ...), "mask": (B, T), "labels": (B, T, 2)}``);
     returns the mean loss. The loss stays on the device until the end (no synchronisation per step)."""
@@ -148,7 +147,7 @@ def train_epoch(
     n = 0
     t_start = time.perf_counter()
     it = iter(batches)
-    while max_steps is None or n < max_steps:
+    while True:
         t0 = time.perf_counter()
         batch = next(it, None)
         times.wait_s += time.perf_counter() - t0
@@ -204,15 +203,13 @@ def run(
     metrics_file: Path,
     plots_dir: Path | None,
     device: str = "auto",
-    max_steps: int | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train fold ``fold`` and write its checkpoint, validation predictions, metrics and curves.
 
     ``resume``: continue from the last epoch checkpoint of an interrupted run with the same inputs and params (on
-    CPU the result equals an uninterrupted run's). ``max_steps`` stops after that many optimiser steps
-    (benchmarks); the stage itself leaves it None. Returns the metrics written to ``metrics_file`` (plus a
+    CPU the result equals an uninterrupted run's). Returns the metrics written to ``metrics_file`` (plus a
     ``timing`` entry).
     """
     t_start = time.perf_counter()
@@ -263,11 +260,9 @@ def run(
         epoch = state["epoch"]
         t_epoch = time.perf_counter()
         plan = epoch_batches(bank, lengths, train_cfg, [train_cfg.seed, fold, epoch], order_gen)
-        left = None if max_steps is None else max(0, max_steps - state["step"])
-        make = (bank.batch(w, norm, model_cfg.zero_missing) for w in plan[:left])
-        loss = train_epoch(model, prefetched(make, PREFETCH) if on_host else make, optim, sched, scaler, adtype,
-                           times)
-        state["step"] += min(len(plan), left) if left is not None else len(plan)
+        make = (bank.batch(w, norm, model_cfg.zero_missing) for w in plan)
+        loss = train_epoch(model, prefetched(make, PREFETCH) if on_host else make, optim, sched, scaler, adtype, times)
+        state["step"] += len(plan)
 
         model.eval()
         preds = predict(model, bank, norm, val_trials, train_cfg.window, train_cfg.hop, model_cfg.zero_missing,
@@ -288,8 +283,7 @@ def run(
         else:
             state["stale"] += 1
         state["epoch"] = epoch + 1
-        state["done"] = (state["stale"] >= train_cfg.patience or state["epoch"] >= train_cfg.epochs
-                         or (max_steps is not None and state["step"] >= max_steps))
+        state["done"] = state["stale"] >= train_cfg.patience or state["epoch"] >= train_cfg.epochs
         _save_resume(last, fp, model, optim, sched, scaler, order_gen, state)
     live.end()
     if plots_dir is not None:
