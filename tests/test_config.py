@@ -31,6 +31,10 @@ def test_repository_params_load_into_every_section():
         ("split:\n  folds: [0, 6]\n", "folds must be distinct values in 0..5"),
         ("trian:\n  lr: 1\n", "unknown section 'trian'"),
         ("model:\n  d_model: 30\n  heads: 4\n", "d_model (30) must be divisible by heads (4)"),
+        ("train:\n  window: 100\n  hop: 200\n", "hop (200) must not exceed window (100)"),
+        ("train:\n  bank: gpu\n", "params.yaml: train.bank: Input should be 'auto', 'device', 'pinned' or 'mmap'"),
+        ("model:\n  zero_missing: maybe\n", "params.yaml: model.zero_missing: Input should be a valid boolean"),
+        ("train:\n  epochs: ten\n", "params.yaml: train.epochs: Input should be a valid integer"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

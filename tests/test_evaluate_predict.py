@@ -83,6 +83,20 @@ def test_predict_averages_folds(trained, tmp_path):
     assert np.allclose(both[t], (single[t] + other[t]) / 2, atol=1e-5)
 
 
+def test_predict_refuses_features_from_other_weights(trained, tmp_path):
+    import shutil
+
+    import zarr
+
+    features = tmp_path / "features"
+    shutil.copytree(trained / "features", features)
+    g = zarr.open_group(str(features / "vggish.zarr"), mode="r+")
+    g.attrs["weights"] = "ef" * 32  # as if re-extracted with a trained VGGish after the models were trained
+    with pytest.raises(InputError, match="'vggish' features differ from those the model was trained on: weights"):
+        predict.run(SPLIT, PostprocessConfig(), trained / "models", trained / "prepared", features, tmp_path / "t.txt")
+    assert not (tmp_path / "t.txt").exists()
+
+
 def test_check_submission_counts(tmp_path):
     f = tmp_path / "s.txt"
     f.write_text("image_location,valence,arousal\nt1/00001.jpg,0.1,0.2\nt1/00002.jpg,0.1,0.2\n")
