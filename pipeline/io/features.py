@@ -356,6 +356,11 @@ class FeatureStore:
         todo = [(b, start, t) for t, (b, start, stop) in self.layout.items() if b in flushed and stop > flushed[b]]
         return [t for _, _, t in sorted(todo)]
 
+    def write_order(self, shard: tuple[int, int] = (0, 1)) -> list[str]:
+        """Every trial of buckets ``b % n == i``, complete or not, in write order (bucket, then row)."""
+        i, n = shard
+        return [t for _, _, t in sorted((b, start, t) for t, (b, start, _) in self.layout.items() if b % n == i)]
+
     def resume_row(self, trial: str) -> int:
         """First row of ``trial`` not on disk yet (0 for a fresh trial); rows before it need no writing."""
         b, start, stop = self._where(trial)

@@ -53,6 +53,11 @@ class Piece:
     trial: str
     lo: int  # first row
     hi: int  # one past the last row
+    write_from: int = -1  # first row to write (rows before it are on disk already); -1: ``lo``
+
+    @property
+    def first_new(self) -> int:
+        return self.lo if self.write_from < 0 else max(self.lo, self.write_from)
 
 
 @dataclass
@@ -68,20 +73,25 @@ class Batch:
 
 
 def plan_batches(store: FeatureStore, trials: list[str], batch: int) -> Iterator[list[Piece]]:
-    """Pieces of ``batch`` rows (the last one shorter), crossing trial boundaries, in the store's write order."""
+    """Batches of ``batch`` rows (the last one shorter) over ``trials`` in the store's write order, crossing trial
+    boundaries, cut from row 0 as an uninterrupted run cuts them. Batches whose rows are all on disk are skipped;
+    a batch that is partly on disk keeps its rows (``Piece.write_from`` says which to write), so that every batch a
+    resumed run computes holds exactly the frames it held in an uninterrupted run: kernels whose last bits depend on
+    the batch (BLAS, oneDNN) give the same rows, and a resumed store equals an uninterrupted one bit for bit."""
     cur: list[Piece] = []
     room = batch
     for t in trials:
-        r, n = store.resume_row(t), store.n_rows(t)
+        r, n, done = 0, store.n_rows(t), store.resume_row(t)
         while r < n:
             k = min(room, n - r)
-            cur.append(Piece(t, r, r + k))
+            cur.append(Piece(t, r, r + k, done))
             r += k
             room -= k
             if room == 0:
-                yield cur
+                if any(p.first_new < p.hi for p in cur):
+                    yield cur
                 cur, room = [], batch
-    if cur:
+    if cur and any(p.first_new < p.hi for p in cur):
         yield cur
 
 
@@ -290,12 +300,14 @@ def run(
             have = b.take >= 0
             if have.any():
                 rows[have] = y[b.take[have]]
-        at = 0
+        at, written = 0, 0
         for p in b.pieces:
-            n = p.hi - p.lo
-            store.append(p.trial, p.lo, rows[at : at + n], b.mask[at : at + n])
+            skip, n = p.first_new - p.lo, p.hi - p.lo
+            if skip < n:
+                store.append(p.trial, p.first_new, rows[at + skip : at + n], b.mask[at + skip : at + n])
+                written += n - skip
             at += n
-        bar.update(b.rows)
+        bar.update(written)
 
     switch = sys.getswitchinterval()
     if ex.device.type == "cuda":
@@ -306,7 +318,8 @@ def run(
         ) as write_pool, torch.inference_mode():
             ahead: deque[Future[Batch]] = deque()
             writes: deque[Future[None]] = deque()
-            plan = iter(list(plan_batches(store, pending, ex.batch)))  # planned before the writer moves `flushed`
+            # the whole shard's grid (complete trials included), planned before the writer moves `flushed`
+            plan = iter(list(plan_batches(store, store.write_order(shard), ex.batch)))
             for pieces in plan:
                 ahead.append(read_pool.submit(reader, pieces))
                 if len(ahead) >= PREFETCH:
