@@ -113,7 +113,8 @@ def extract(
     prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
     out: Annotated[Path | None, typer.Option(help="store to write (default features/<name>.zarr)")] = None,
     shard: Annotated[str, typer.Option(help="i/n: extract every n-th bucket, starting at i")] = "0/1",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cuda:auto, cpu, cuda, cuda:1 ...")] = "auto",
+    workers: Annotated[int, typer.Option(help="processes reading batch inputs (0: a thread of this process)", min=0)] = 0,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Extract one feature store from data/prepared/."""
@@ -129,6 +130,7 @@ def extract(
         out or Path(f"features/{name}.zarr"),
         shard=parse_shard(shard),
         device=device,
+        workers=workers,
     )
 
 
@@ -234,12 +236,13 @@ def bench_extract(
         float, typer.Option(help="repeat the demo's trials until the network alone would need this long")
     ] = 20.0,
     only: Annotated[list[str] | None, typer.Option(help="measure only this extractor (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(help="reader processes of the stage (0: a thread)", min=0)] = 0,
 ) -> None:
     """Model-alone versus whole-stage throughput per extractor, one JSON line each."""
     from pipeline.bench import extract as bench
 
     bench.run(work, device=device, long_minutes=long_minutes, seconds=seconds, only=tuple(only or ()),
-              min_model_seconds=min_model_seconds)
+              min_model_seconds=min_model_seconds, workers=workers)
 
 
 @bench_app.command("train")

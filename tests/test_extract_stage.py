@@ -254,3 +254,16 @@ def test_realmedia_videos_go_through(realmedia, tmp_path):
             else:
                 assert mask.mean() > 0.95
     assert abs(index.trial("videoretalking_face_1").fps - 22.13) < 0.01
+
+
+@pytest.mark.parametrize(
+    "name, cfg", [("mfcc", MFCCConfig()), ("vggish", VGGishConfig(batch=16)), ("iresnet", IResNetConfig(batch=8))]
+)
+def test_worker_processes_write_the_same_store_as_the_reader_thread(make_prepared, tmp_path, name, cfg):
+    index = make_prepared({f"t{i}": {"n": 40 + 11 * i, "fps": 25.0 + i, "video": f"v{i // 2}"} for i in range(5)})
+    ref = _run(name, cfg, index.root, tmp_path / "ref.zarr")
+    extract.run(name, cfg, index.root, tmp_path / "w.zarr", device="cpu", progress=False, workers=2)
+    got = FeatureStore.open(tmp_path / "w.zarr")
+    for t in ref.trials:
+        np.testing.assert_array_equal(got.read(t), ref.read(t))
+        np.testing.assert_array_equal(got.mask(t), ref.mask(t))

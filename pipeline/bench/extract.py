@@ -101,7 +101,7 @@ def _n_frames(prepared: Path) -> int:
     return sum(t.n_frames for t in load_index(prepared).trials)
 
 
-def _ceiling_fps(ex, data: Path, out: Path) -> float:
+def _ceiling_fps(ex, data: Path, out: Path, workers: int = 0) -> float:
     """The stage with a network that costs nothing (zeros of the row shape and store dtype, made on the model's
     device): reading, transfers to and from the device, and writing alone. The most the stage could do with an
     infinitely fast network on this machine; network building is not included."""
@@ -109,7 +109,7 @@ def _ceiling_fps(ex, data: Path, out: Path) -> float:
     null = replace(ex, module=lambda x: torch.zeros((len(x), *shape), device=dev, dtype=dtype))
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    stage.run(ex.name, None, data, out, extractor=null, progress=False)
+    stage.run(ex.name, None, data, out, extractor=null, progress=False, workers=workers)
     fps = _n_frames(data) / (time.perf_counter() - t0)
     shutil.rmtree(out, ignore_errors=True)
     return round(fps, 1)
@@ -221,6 +221,7 @@ def run(
     seconds: float = 8.0,
     only: tuple[str, ...] = (),
     min_model_seconds: float = 20.0,
+    workers: int = 0,
 ) -> None:
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -242,11 +243,11 @@ def run(
             cdata = data
             if frames < CEILING_FRAMES:
                 cdata = _tiled_prepared(prepared, work, CEILING_FRAMES, frames=ex.kind == "frames")
-            ceiling = _ceiling_fps(ex, cdata, out)
+            ceiling = _ceiling_fps(ex, cdata, out, workers)
         del ex
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        stats = stage.run(name, cfg, data, out, device=device, progress=False)
+        stats = stage.run(name, cfg, data, out, device=device, progress=False, workers=workers)
         wall = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)
         pipeline_fps = frames / wall
@@ -257,7 +258,7 @@ def run(
             "data": data.name, "setup_s": round(stats.setup_s, 2), "first_batch_s": round(stats.first_batch_s, 2),
             "steady_fps": round((frames - min(batch, frames)) / steady, 1) if steady > 0 else None,
             "wait_input_s": round(stats.wait_input_s, 2), "wait_output_s": round(stats.wait_output_s, 2),
-            "ceiling_fps": ceiling,
+            "ceiling_fps": ceiling, "workers": workers,
         }
         if name == "mfcc":
             audio_s = sum(t.n_frames / t.fps for t in index.trials if t.has_audio)

@@ -71,6 +71,10 @@ class Batch:
     def rows(self) -> int:
         return len(self.mask)
 
+    def pin_memory(self) -> "Batch":
+        """The batch with its inputs in page-locked memory (what a DataLoader's pinning thread calls)."""
+        return Batch(self.pieces, self.x.pin_memory() if len(self.x) else self.x, self.take, self.mask)
+
 
 def plan_batches(store: FeatureStore, trials: list[str], batch: int) -> Iterator[list[Piece]]:
     """Batches of ``batch`` rows (the last one shorter) over ``trials`` in the store's write order, crossing trial
@@ -260,6 +264,38 @@ def _to_host(y: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.c
     return host, done
 
 
+class _Planned(torch.utils.data.Dataset):
+    """Batch ``i`` of the plan, read by a DataLoader worker process (forked: the reader needs no pickling)."""
+
+    def __init__(self, reader: Inputs, plan: list[list[Piece]]) -> None:
+        self.reader, self.plan = reader, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.reader(self.plan[i])
+
+
+def _read_ahead(reader: Inputs, plan: list[list[Piece]], workers: int, pin: bool) -> Iterator[Batch]:
+    """The plan's batches in order, read :data:`PREFETCH` batches ahead: by a thread (``workers`` 0) or by a
+    DataLoader's worker processes."""
+    if workers:
+        loader = torch.utils.data.DataLoader(
+            _Planned(reader, plan), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+            prefetch_factor=max(1, PREFETCH // workers + 1), multiprocessing_context="fork",
+        )
+        yield from loader
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
+        ahead: deque[Future[Batch]] = deque(pool.submit(reader, p) for p in plan[:PREFETCH])
+        for nxt in plan[PREFETCH:] + [None] * len(ahead):
+            b = ahead.popleft().result()
+            if nxt is not None:
+                ahead.append(pool.submit(reader, nxt))
+            yield b
+
+
 def run(
     name: str,
     cfg: Any,
@@ -269,9 +305,13 @@ def run(
     device: str = "auto",
     extractor: Extractor | None = None,
     progress: bool = True,
+    workers: int = 0,
 ) -> RunStats:
     """Fill ``out`` with the ``name`` features of every trial in ``prepared`` (this process: ``--shard i/n``).
-    ``extractor`` (tests, benchmark): an already built extractor instead of building one from ``cfg``."""
+    ``extractor`` (tests, benchmark): an already built extractor instead of building one from ``cfg``.
+    ``workers``: 0 reads batch inputs in a thread of this process; N > 0 in N worker processes (a torch DataLoader,
+    pinned by its pinning thread on CUDA), out of reach of the interpreter lock the thread launching the network
+    holds."""
     t_start = time.perf_counter()
     prepared, out = Path(prepared), Path(out)
     index = load_index(prepared)
@@ -285,7 +325,7 @@ def run(
         stats.total_s = time.perf_counter() - t_start
         return stats
     pin = ex.device.type == "cuda"
-    reader = Inputs(ex, index, pin)
+    reader = Inputs(ex, index, pin and not workers)  # worker processes cannot pin: the loader's thread does
     bar = tqdm(total=total, unit="frame", desc=f"extract {name}", disable=not progress, mininterval=1.0, smoothing=0.1)
     out_dtype = getattr(torch, ex.dtype)  # the store dtype, "float16" or "float32"
 
@@ -313,25 +353,18 @@ def run(
     if ex.device.type == "cuda":
         sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="read") as read_pool, ThreadPoolExecutor(
-            1, thread_name_prefix="write"
-        ) as write_pool, torch.inference_mode():
-            ahead: deque[Future[Batch]] = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="write") as write_pool, torch.inference_mode():
             writes: deque[Future[None]] = deque()
             # the whole shard's grid (complete trials included), planned before the writer moves `flushed`
-            plan = iter(list(plan_batches(store, store.write_order(shard), ex.batch)))
-            for pieces in plan:
-                ahead.append(read_pool.submit(reader, pieces))
-                if len(ahead) >= PREFETCH:
-                    break
+            plan = list(plan_batches(store, store.write_order(shard), ex.batch))
+            batches = _read_ahead(reader, plan, workers, pin)
             first = True
-            while ahead:
+            while True:
                 t0 = time.perf_counter()
-                b = ahead.popleft().result()
+                b = next(batches, None)
                 stats.wait_input_s += time.perf_counter() - t0
-                nxt = next(plan, None)
-                if nxt is not None:
-                    ahead.append(read_pool.submit(reader, nxt))
+                if b is None:
+                    break
                 y = ex.forward(b.x) if len(b.x) else torch.zeros((0, *ex.row_shape))
                 writes.append(write_pool.submit(write, b, *_to_host(y, out_dtype)))
                 t0 = time.perf_counter()
