@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from pipeline import config
+from pipeline.outputs import guard
 from pipeline.errors import PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -63,7 +64,8 @@ def demo(
     """Generate the demo dataset (Aff-Wild2 layout) from params `demo`."""
     from pipeline.stages import demo as stage
 
-    stage.run(config.section("demo", params), out)
+    with guard(out):
+        stage.run(config.section("demo", params), out)
 
 
 @app.command()
@@ -76,7 +78,8 @@ def scan(
     """Fingerprint the dataset tree (names, sizes, mtimes) so `prepare` re-runs only when it changed."""
     from pipeline.stages import scan as stage
 
-    stage.run(Path(root) if root else Path(config.section("data", params).root), out)
+    with guard(out):
+        stage.run(Path(root) if root else Path(config.section("data", params).root), out)
 
 
 @app.command()
@@ -90,7 +93,8 @@ def prepare(
     from pipeline.stages import prepare as stage
 
     raw = config.read_params(params)
-    stage.run(config.section("data", params, raw), config.section("frames", params, raw), out, jobs=jobs)
+    with guard(out):
+        stage.run(config.section("data", params, raw), config.section("frames", params, raw), out, jobs=jobs)
 
 
 @app.command()
@@ -103,7 +107,8 @@ def split(
     """Cut train+validation trials into cross-validation folds."""
     from pipeline.stages import split as stage
 
-    stage.run(config.section("split", params), prepared / "index.json", out)
+    with guard(out):
+        stage.run(config.section("split", params), prepared / "index.json", out)
 
 
 @app.command()
@@ -123,15 +128,9 @@ def extract(
     features = config.section("features", params)
     if name not in ("iresnet", "vggish", "mfcc"):
         raise config.ConfigError(f"unknown extractor {name!r} (known: iresnet, vggish, mfcc)")
-    stage.run(
-        name,
-        getattr(features, name),
-        prepared,
-        out or Path(f"features/{name}.zarr"),
-        shard=parse_shard(shard),
-        device=device,
-        workers=workers,
-    )
+    out = out or Path(f"features/{name}.zarr")
+    with guard(out):
+        stage.run(name, getattr(features, name), prepared, out, shard=parse_shard(shard), device=device, workers=workers)
 
 
 @app.command()
@@ -152,18 +151,19 @@ def train(
     from pipeline.stages import train as stage
 
     raw = config.read_params(params)
-    stage.run(
-        fold,
-        config.section("model", params, raw),
-        config.section("train", params, raw),
-        prepared=prepared,
-        features=features,
-        model_dir=models / f"fold{fold}",
-        metrics_file=metrics / f"fold{fold}.json",
-        plots_dir=metrics / f"fold{fold}",
-        device=device,
-        resume=resume,
-    )
+    with guard(models / f"fold{fold}", metrics / f"fold{fold}.json"):
+        stage.run(
+            fold,
+            config.section("model", params, raw),
+            config.section("train", params, raw),
+            prepared=prepared,
+            features=features,
+            model_dir=models / f"fold{fold}",
+            metrics_file=metrics / f"fold{fold}.json",
+            plots_dir=metrics / f"fold{fold}",
+            device=device,
+            resume=resume,
+        )
 
 
 @app.command()
@@ -178,9 +178,8 @@ def evaluate(
     from pipeline.stages import evaluate as stage
 
     raw = config.read_params(params)
-    stage.run(
-        config.section("split", params, raw), config.section("postprocess", params, raw), models, prepared, out
-    )
+    with guard(out):
+        stage.run(config.section("split", params, raw), config.section("postprocess", params, raw), models, prepared, out)
 
 
 @app.command()
@@ -197,15 +196,16 @@ def predict(
     from pipeline.stages import predict as stage
 
     raw = config.read_params(params)
-    stage.run(
-        config.section("split", params, raw),
-        config.section("postprocess", params, raw),
-        models,
-        prepared,
-        features,
-        out,
-        device=device,
-    )
+    with guard(out):
+        stage.run(
+            config.section("split", params, raw),
+            config.section("postprocess", params, raw),
+            models,
+            prepared,
+            features,
+            out,
+            device=device,
+        )
 
 
 @app.command()
