@@ -38,7 +38,7 @@ from pipeline.config import PostprocessConfig, SplitConfig, as_dict
 from pipeline.curves import TrialCurves, draw
 from pipeline.errors import InputError
 from pipeline.io.features import FeatureStore
-from pipeline.io.prepared import load_folds, load_index, read_labels
+from pipeline.io.prepared import PreparedIndex, load_folds, load_index, read_labels
 from pipeline.metrics import ccc_va, json_float
 from pipeline.postprocess import smooth
 from pipeline.timebase import frame_times
@@ -86,6 +86,42 @@ def pick_trials(per_trial: dict[str, float | None], n: int = CURVE_TRIALS) -> li
     return [ranked[i] for i in idx]
 
 
+def score_fold(
+    fold_dir: Path, trials: list[str], prepared: Path, index: PreparedIndex, post_cfg: PostprocessConfig
+) -> tuple[dict[str, Any], list[TrialCurves]]:
+    """One fold's validation predictions against the labels: ``({"raw", "smoothed", "frames", "trials"}, curves of
+    the trials :func:`pick_trials` chooses)``. Refuses predictions for other trials than the fold's."""
+    preds = load_val_predictions(fold_dir)
+    if sorted(preds) != trials:
+        raise InputError(
+            f"{fold_dir / 'val_predictions.npz'}: trials {sorted(preds)} differ from fold {fold_dir.name[4:]} of "
+            f"folds.json {trials} (folds changed since training? run `dvc repro`)"
+        )
+    labels = read_labels(prepared, trials)
+    smoothed = {t: smooth(preds[t], post_cfg) for t in trials}
+    y = np.concatenate([labels[t] for t in trials])
+    doc = {
+        "raw": scores(np.concatenate([preds[t] for t in trials]), y),
+        "smoothed": scores(np.concatenate([smoothed[t] for t in trials]), y),
+        "frames": int(len(y)),
+        "trials": len(trials),
+    }
+    per_trial = {t: scores(preds[t], labels[t]) for t in trials}
+    curves = [
+        TrialCurves(
+            name=t,
+            seconds=frame_times(index.trial(t).frame_numbers, index.trial(t).fps),
+            label=labels[t],
+            pred=preds[t],
+            smoothed=smoothed[t] if post_cfg.method != "none" else None,
+            ccc=per_trial[t],
+            ccc_smoothed=scores(smoothed[t], labels[t]),
+        )
+        for t in pick_trials({t: s["mean"] for t, s in per_trial.items()})
+    ]
+    return doc, curves
+
+
 def backbones_label(stores: dict[str, dict[str, Any]]) -> str:
     """Where the features came from, in one string (a column of ``dvc metrics show``): ``random-init: <names>`` when
     any backbone ran without weights, else ``weights files: <names>`` (MFCC has none)."""
@@ -115,47 +151,17 @@ def run(
     fold_docs: dict[int, dict[str, Any]] = {}
     curves: dict[int, list[TrialCurves]] = {}
     trained: dict[str, Any] = {}
-    modalities: set[str] = set()
     for k in split_cfg.folds:
         if k >= len(folds):
             raise InputError(f"{prepared / 'folds.json'}: no fold {k} (it has {len(folds)})")
         fold_dir = models / f"fold{k}"
-        preds = load_val_predictions(fold_dir)
-        expected = sorted(folds[k])
-        if sorted(preds) != expected:
-            raise InputError(
-                f"{fold_dir / 'val_predictions.npz'}: trials {sorted(preds)} differ from fold {k} of folds.json "
-                f"{expected} (folds changed since training? run `dvc repro`)"
-            )
         meta = _read_json(fold_dir / "meta.json")
-        modalities.update(meta.get("modalities", []))
         trained[f"fold{k}"] = {"meta": meta, "params": _trained_with(fold_dir / "model.pt")}
-        labels = read_labels(prepared, expected)
-        smoothed = {t: smooth(preds[t], post_cfg) for t in expected}
-        y = np.concatenate([labels[t] for t in expected])
-        fold_docs[k] = {
-            "raw": scores(np.concatenate([preds[t] for t in expected]), y),
-            "smoothed": scores(np.concatenate([smoothed[t] for t in expected]), y),
-            "frames": int(len(y)),
-            "trials": len(expected),
-            "best_epoch": meta.get("best_epoch"),
-        }
-        per_trial = {t: scores(preds[t], labels[t]) for t in expected}
-        per_trial_smoothed = {t: scores(smoothed[t], labels[t]) for t in expected}
-        curves[k] = [
-            TrialCurves(
-                name=t,
-                seconds=frame_times(index.trial(t).frame_numbers, index.trial(t).fps),
-                label=labels[t],
-                pred=preds[t],
-                smoothed=smoothed[t] if post_cfg.method != "none" else None,
-                ccc=per_trial[t],
-                ccc_smoothed=per_trial_smoothed[t],
-            )
-            for t in pick_trials({t: s["mean"] for t, s in per_trial.items()})
-        ]
+        fold_docs[k], curves[k] = score_fold(fold_dir, sorted(folds[k]), prepared, index, post_cfg)
+        fold_docs[k]["best_epoch"] = meta.get("best_epoch")
 
-    stores = _store_records(features, sorted(modalities), trained)
+    params = _same_for_all_folds(trained, models)
+    stores = _store_records(features, sorted(params["model"].get("modalities", [])), trained)
     random_init = sorted(m for m, s in stores.items() if s["weights"] == "random-init")
     doc = {
         "raw": summarise([d["raw"] for d in fold_docs.values()]),
@@ -169,7 +175,7 @@ def run(
                 "code": provenance.record(),
                 "features": stores,
                 "params": {
-                    **_same_for_all_folds(trained, models),
+                    **params,
                     "postprocess": as_dict(post_cfg),
                     "split": {**_split_record(prepared / "folds.json"), "folds": list(split_cfg.folds)},
                 },
