@@ -40,8 +40,8 @@ def save(path: Path, doc: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dict[str, Any]]:
-    """Model (eval mode, on ``device``), its normalisation statistics and the checkpoint's metadata."""
+def read(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents (``torch.load(weights_only=True)``), checked to be one of this pipeline's."""
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -52,6 +52,12 @@ def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dic
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise InputError(f"{path}: not a checkpoint of this pipeline version (format {got!r}, expected {FORMAT!r}); re-run training")
+    return ckpt
+
+
+def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dict[str, Any]]:
+    """Model (eval mode, on ``device``), its normalisation statistics and the checkpoint's metadata."""
+    ckpt = read(path)
     cfg = ModelConfig(**ckpt["model"])
     row_shapes = {m: tuple(s) for m, s in ckpt["row_shapes"].items()}
     model = FusionModel.from_config(cfg, row_shapes, max_len=ckpt["window"])

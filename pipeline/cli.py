@@ -171,15 +171,28 @@ def train(
 def evaluate(
     models: Annotated[Path, typer.Option(help="models folder with fold<k>/ validation predictions")] = Path("models"),
     prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
-    out: Annotated[Path, typer.Option(help="cross-validation metrics file")] = Path("metrics/cv.json"),
+    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores (their weights are recorded)")] = Path("features"),
+    out: Annotated[Path, typer.Option(help="cross-validation summary (mean and std over folds)")] = Path("metrics/cv.json"),
+    folds_out: Annotated[Path, typer.Option(help="folder of per-fold metrics, fold<k>.json")] = Path("metrics/cv_folds"),
+    curves: Annotated[Path, typer.Option(help="folder of validation curves, fold<k>.png")] = Path("metrics/val_curves"),
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Score every fold's validation predictions, raw and smoothed, into metrics/cv.json."""
+    """Score every fold's validation predictions, raw and smoothed, into metrics/cv.json (summary),
+    metrics/cv_folds/ (per fold) and metrics/val_curves/ (a few trials per fold, drawn)."""
     from pipeline.stages import evaluate as stage
 
     raw = config.read_params(params)
-    with guard(out):
-        stage.run(config.section("split", params, raw), config.section("postprocess", params, raw), models, prepared, out)
+    with guard(out, folds_out, curves):
+        stage.run(
+            config.section("split", params, raw),
+            config.section("postprocess", params, raw),
+            models,
+            prepared,
+            features,
+            out,
+            folds_out,
+            curves,
+        )
 
 
 @app.command()

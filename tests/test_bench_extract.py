@@ -50,11 +50,40 @@ def test_audio_copies_share_rows_and_stats_count_them(make_prepared, tmp_path):
     assert again.rows == 0  # complete: nothing to do
 
 
-def test_ceiling_runs_the_stage_with_a_null_network(make_prepared, tmp_path):
+def test_ceiling_runs_the_stage_with_a_null_network(make_prepared, tmp_path, monkeypatch):
+    """Every frame goes through the real stage with a network that returns zeros, and the rate is frames over the
+    stage's wall time (a fake clock on which the stage takes 2.5 s)."""
     src = make_prepared(TRIALS, size=16)
     ex = build("iresnet", IResNetConfig(batch=8), 16, "cpu")
+    runs, written = [], {}
+    real_run = extract.run
+
+    class Clock:  # stands still but for the stage's run, which takes 2.5 s of it
+        now = 100.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+    def spy(*args, **kwargs):
+        runs.append(kwargs["extractor"])
+        stats = real_run(*args, **kwargs)
+        Clock.now += 2.5
+        store = FeatureStore.open(args[3])  # read back before the bench removes it
+        written.update({t: store.read(t) for t in store.trials})
+        return stats
+
+    monkeypatch.setattr(bench.stage, "run", spy)
+    monkeypatch.setattr(bench, "time", Clock)
     fps = bench._ceiling_fps(ex, src.root, tmp_path / "c.zarr")
-    assert fps > 0 and not (tmp_path / "c.zarr").exists()  # measured, then removed
+    frames = sum(t.n_frames for t in src.trials)
+    assert fps == round(frames / 2.5, 1)
+    assert not (tmp_path / "c.zarr").exists()  # measured, then removed
+    (null,) = runs
+    assert null.module is not ex.module and null.name == ex.name and null.row_shape == ex.row_shape
+    assert sorted(written) == sorted(TRIALS)
+    for t in src.trials:
+        assert written[t.name].shape == (t.n_frames, *ex.row_shape) and not written[t.name].any()
 
 
 @pytest.mark.slow

@@ -8,64 +8,38 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-SMALL = {
-    "demo": {"n_videos": 8, "seconds": 4.0, "size": 64},
-    "frames": {"size": 32},
-    "split": {"n_folds": 3, "folds": [0, 1, 2]},
-    "features": {"iresnet": {"batch": 64}, "vggish": {"batch": 64}},
-    "train": {"epochs": 2, "window": 64, "hop": 32, "patience": 2, "warmup_epochs": 0},
-    "model": {"d_model": 32, "heads": 2, "layers": 1, "ff_dim": 64, "tcn_channels": 16, "tcn_levels": 2, "head_hidden": 16},
-}
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
-
-
-def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-    return p.stdout + p.stderr
+from dvc_repo import SMALL, make_repo, sh  # tests/dvc_repo.py
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
-    for f in files:
-        src = ROOT / f
-        if src.is_file() and not f.startswith(("dvc.lock", "metrics/")):
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    (dst / "params.yaml").write_text(yaml.safe_dump(merge(params, SMALL), sort_keys=False))
+    dst = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
     git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
-    sh(["git", "init", "-q"], dst)
-    sh([*git, "add", "-A"], dst)
-    sh([*git, "commit", "-qm", "e2e"], dst)
     sh([sys.executable, "-m", "dvc", "repro"], dst)
+    head = sh(["git", "rev-parse", "HEAD"], dst).strip()
+    sh([*git, "add", "-A"], dst)
+    sh([*git, "commit", "-qm", "first run"], dst)  # the baseline `dvc metrics diff` compares with
+    (dst.parent / "made_by").write_text(head)
     return dst
 
 
 def test_repro_writes_metrics_and_submission(repo):
     cv = json.loads((repo / "metrics" / "cv.json").read_text())
-    text = json.dumps(cv)
-    assert "random" in text  # random-init backbones are labelled where the numbers are
+    # random-init backbones are labelled where the numbers are (MFCC has no weights, so it is not one of them)
+    assert cv["random_init_backbones"] == ["iresnet", "vggish"]
+    assert cv["backbones"] == "random-init: iresnet, vggish"
+    (prov,) = cv["provenance"]
+    assert prov["code"]["code_commit"] == (repo.parent / "made_by").read_text()  # the commit dvc repro ran
+    assert {m: f["weights"] for m, f in prov["features"].items()} == {"iresnet": "random-init", "mfcc": "none", "vggish": "random-init"}
+    assert prov["features"]["iresnet"]["parameters"]["frames_size"] == SMALL["frames"]["size"]
+    assert prov["params"]["model"]["d_model"] == SMALL["model"]["d_model"] and prov["params"]["train"]["epochs"] == 2
+    assert prov["params"]["split"] == {"scheme": "official", "n_folds": 3, "seed": 0, "folds": [0, 1, 2]}
     index = json.loads((repo / "data" / "prepared" / "index.json").read_text())
     tests = [t for t in index["trials"] if t["split"] == "test"]
     with open(repo / "predictions" / "test.txt") as f:
@@ -76,6 +50,36 @@ def test_repro_writes_metrics_and_submission(repo):
     assert all(-1 <= float(v) <= 1 and -1 <= float(a) <= 1 for _, v, a in rows[1:])
     for k in (0, 1, 2):
         assert (repo / "models" / f"fold{k}").is_dir() and (repo / "metrics" / f"fold{k}.json").is_file()
+
+
+def test_metrics_show_is_a_short_table_with_detail_on_request(repo):
+    """`dvc metrics show`: one row, CCC mean and std over folds, raw and smoothed, and the random-init label; per
+    fold and per training run on request."""
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).splitlines()[0])
+    files = shown[""]["data"]
+    assert list(files) == ["metrics/cv.json"]
+    cv = files["metrics/cv.json"]["data"]
+    numbers = {f"{b}.{k}{s}" for b in ("raw", "smoothed") for k in ("valence", "arousal", "mean") for s in ("", "_std")}
+    assert {f"{b}.{k}" for b in ("raw", "smoothed") for k in cv[b]} == numbers
+    assert set(cv) == {"raw", "smoothed", "n_folds", "backbones"}
+    table = sh([sys.executable, "-m", "dvc", "metrics", "show"], repo).splitlines()
+    assert len(table) == 2 and table[1].startswith("metrics/cv.json") and "random-init: iresnet, vggish" in table[1]
+    folds = sh([sys.executable, "-m", "dvc", "metrics", "show", "metrics/cv_folds"], repo).splitlines()
+    assert [r.split()[0] for r in folds[1:]] == [f"metrics/cv_folds/fold{k}.json" for k in (0, 1, 2)]
+    assert "raw.mean" in folds[0].split() and "smoothed.arousal" in folds[0].split()
+    fold0 = sh([sys.executable, "-m", "dvc", "metrics", "show", "metrics/fold0.json"], repo).splitlines()
+    assert len(fold0) == 2 and "ccc_mean" in fold0[0].split()
+
+
+def test_validation_curves_are_dvc_plots(repo):
+    for k in (0, 1, 2):
+        assert (repo / "metrics" / "val_curves" / f"fold{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = sh([sys.executable, "-m", "dvc", "plots", "show", "--json", "-o", str(repo.parent / "plots")], repo)
+    shown = json.loads(out[out.index("{"):])["data"]
+    for k in (0, 1, 2):
+        (image,) = shown[f"metrics/val_curves/fold{k}.png"]
+        assert image["type"] == "image" and Path(image["url"]).is_file()
+    assert "metrics/fold0/plots/metrics/val/ccc_mean.tsv" in shown  # the per-epoch curves stay beside them
 
 
 def test_noop_repro_runs_nothing_but_scan(repo):
@@ -91,3 +95,9 @@ def test_changing_lr_reruns_only_training_and_after(repo):
     out = sh([sys.executable, "-m", "dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"scan", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+    # `dvc metrics diff` compares the short table with the last commit
+    diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo).splitlines()[0])
+    changed = diff["metrics/cv.json"]
+    assert {"raw.mean", "raw.valence", "smoothed.mean"} <= set(changed), changed
+    assert changed["raw.mean"]["new"] != changed["raw.mean"]["old"]
+    assert changed["raw.mean"]["diff"] == pytest.approx(changed["raw.mean"]["new"] - changed["raw.mean"]["old"])

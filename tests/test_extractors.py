@@ -9,6 +9,7 @@ import librosa
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvggish.torchvggish import Postprocessor
 from torchvggish.vggish_input import waveform_to_examples
@@ -171,15 +172,56 @@ class _ArcfaceIResNet50(nn.Module):
 def arcface_checkpoint(tmp_path_factory):
     torch.manual_seed(4)
     ref = _ArcfaceIResNet50()
-    for m in ref.modules():  # trained-looking BN statistics, so a wrong mapping would show in the output
+    for m in ref.modules():  # trained-looking BN and PReLU parameters, so a wrong mapping would show in the output
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.7, 1.3)
+            m.bias.data.uniform_(-0.1, 0.1)
+        if isinstance(m, nn.PReLU):
+            m.weight.data.uniform_(0.1, 0.4)
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, 0, 0.5 * (2 / (m.in_channels * m.kernel_size[0] ** 2)) ** 0.5)
     path = tmp_path_factory.mktemp("w") / "backbone.pth"
     torch.save(ref.state_dict(), path)
     return path, ref.state_dict()
+
+
+def _reference_map(state: dict[str, torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+    """arcface_torch's IResNet forward up to ``bn2``, written from its published structure with
+    ``torch.nn.functional`` only (nothing from ``pipeline.extractors.iresnet``), in float64: input
+    ``(x / 255 - 0.5) / 0.5``; conv1 (3x3, stride 1), bn1, prelu; per block bn1, conv1 (3x3), bn2, prelu,
+    conv2 (3x3, stride 2 in a layer's first block), bn3, plus the identity (through downsample: 1x1 conv with the
+    block's stride, BN); then bn2. Blocks per layer are read from the state_dict's keys.
+    (B, S, S, 3) uint8 -> (B, 512, h, w) float64."""
+    sd = {k: v.double() for k, v in state.items()}
+
+    def bn(x, p):
+        return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
+                            training=False, eps=1e-5)
+
+    x = (frames.permute(0, 3, 1, 2).double() / 255.0 - 0.5) / 0.5
+    x = F.prelu(bn(F.conv2d(x, sd["conv1.weight"], padding=1), "bn1"), sd["prelu.weight"])
+    for layer in (1, 2, 3, 4):
+        blocks = sorted({int(k.split(".")[1]) for k in sd if k.startswith(f"layer{layer}.")})
+        for b in blocks:
+            p = f"layer{layer}.{b}"
+            stride = 2 if b == 0 else 1
+            out = F.conv2d(bn(x, f"{p}.bn1"), sd[f"{p}.conv1.weight"], padding=1)
+            out = F.prelu(bn(out, f"{p}.bn2"), sd[f"{p}.prelu.weight"])
+            out = bn(F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1), f"{p}.bn3")
+            identity = x
+            if f"{p}.downsample.0.weight" in sd:
+                identity = bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+            x = out + identity
+    return bn(x, "bn2")
+
+
+def _assert_close_to_reference(y: torch.Tensor, ref: torch.Tensor) -> None:
+    """float32 (channels-last) against the float64 reference: within 1e-4 of the map's scale everywhere."""
+    scale = ref.abs().max().item()
+    assert scale > 0.1  # a map that is all zeros would match anything
+    np.testing.assert_allclose(y.double().numpy(), ref.numpy(), rtol=0, atol=1e-4 * scale)
 
 
 def test_arcface_state_dict_loads_strictly(arcface_checkpoint):
@@ -193,7 +235,8 @@ def test_arcface_state_dict_loads_strictly(arcface_checkpoint):
     frames = torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8)
     with torch.inference_mode():
         y = ex.forward(frames)
-    assert y.shape == (2, 512, 3, 3) and torch.isfinite(y).all()
+    assert y.shape == (2, 512, 3, 3)
+    _assert_close_to_reference(y, _reference_map(state, frames))
     pooled = build("iresnet", IResNetConfig(weights=str(path), pooled=True), 48, "cpu")
     with torch.inference_mode():
         np.testing.assert_allclose(pooled.forward(frames).numpy(), y.mean(dim=(2, 3)).numpy(), rtol=1e-4, atol=1e-5)
@@ -211,11 +254,14 @@ def test_iresnet_input_contract():
     np.testing.assert_allclose(preprocess(x).flatten().numpy(), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
     with pytest.warns(RandomInitWarning):
         ex = build("iresnet", IResNetConfig(), 48, "cpu")
+    frames = torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8)
     with torch.inference_mode():
-        y = ex.forward(torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8))
+        y = ex.forward(frames)
     # the random init keeps activations O(1): float16 storage neither overflows nor flushes to zero
     assert 0.01 < y.std().item() < 10 and y.abs().max().item() < 1000
     assert isinstance(ex.module, IResNetFeatures)
+    # and the forward pass is arcface_torch's, computed independently from the same random weights
+    _assert_close_to_reference(y, _reference_map(ex.module.net.state_dict(), frames))
 
 
 def test_onnx_path_reports_a_bad_file(tmp_path):

@@ -1,13 +1,18 @@
 """Weights files: sha256 check, safe loading, and the loud random-init label.
 
 Nothing downloads at run time (DESIGN.md "Features"). A weights file named in params is checked against its
-``sha256`` when one is given; a mismatch is an error naming both digests. With no file the extractor runs randomly
-initialised from :data:`SEED`, prints a warning on every run, and the store says ``weights: random-init``.
+``sha256`` when one is given (before it is opened); a mismatch is an error naming both digests. Files load with
+``torch.load(weights_only=True)``: a pickle that would construct or call anything but tensors and plain containers
+is refused and nothing in it runs. Every fault is a one-line :class:`WeightsError` naming the file. With no file the
+extractor runs randomly initialised from :data:`SEED`, prints one warning line on every run, and the store says
+``weights: random-init``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -28,6 +33,12 @@ class WeightsError(PipelineError):
 
 class RandomInitWarning(UserWarning):
     """An extractor runs without trained weights: its features carry no learned meaning."""
+
+
+# The stderr line of :func:`warn_random_init` is what a user sees; the warning is for code that calls the extractors
+# (tests, notebooks: ``pytest.warns``, ``warnings.catch_warnings``), so by default it is not printed a second time.
+# Appended, so ``-W error`` or a caller's own filter still wins.
+warnings.filterwarnings("ignore", category=RandomInitWarning, append=True)
 
 
 def sha256_file(path: str | Path, block: int = 2**20) -> str:
@@ -52,15 +63,16 @@ def check_file(path: str | Path, expected: str | None, key: str) -> str:
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint as a flat state_dict, loaded with ``weights_only=True`` (no pickled code runs). Accepts a bare
-    state_dict, or one under ``state_dict`` / ``model``; strips a DistributedDataParallel ``module.`` prefix."""
+    state_dict, or one under ``state_dict`` / ``model``; strips a DistributedDataParallel ``module.`` prefix.
+    A refused pickle, a truncated or corrupt file, or anything but a mapping of tensors is a :class:`WeightsError`."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001 - any unpickling failure is the user's file
+        obj = _load_weights_only(path)
+    except pickle.UnpicklingError as first:
         try:  # numpy arrays (torchvggish's PCA params file) are data too: allow exactly their reconstruction
             with torch.serialization.safe_globals(_numpy_globals()):
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise WeightsError(f"{path}: cannot load as a torch checkpoint with weights_only=True: {first}") from None
+                obj = _load_weights_only(path)
+        except Exception:  # noqa: BLE001 - report the first refusal, which names what the file asked for
+            raise WeightsError(_refusal(path, first)) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -76,6 +88,39 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _load_weights_only(path: str | Path) -> object:
+    """``torch.load(path, weights_only=True)``; a refusal stays a ``pickle.UnpicklingError``, any other failure to
+    read (truncated zip or pickle, a file of another format) becomes a :class:`WeightsError`."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():
+            raise
+        raise WeightsError(_unreadable(path, e)) from None
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises OSError, RuntimeError, KeyError, EOFError... for bad bytes
+        raise WeightsError(_unreadable(path, e)) from None
+
+
+def _refusal(path: str | Path, e: Exception) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f" (it asks for {found.group(1)})" if found else ""
+    return (
+        f"{path}: refused: the file holds pickled objects other than tensors{what}, which could run code when "
+        "loaded; nothing in it was run (torch.load weights_only=True). Save the weights as a plain state_dict."
+    )
+
+
+def _unreadable(path: str | Path, e: Exception) -> str:
+    size = Path(path).stat().st_size if Path(path).exists() else 0
+    detail = (str(e).strip().splitlines() or [""])[0][:160]
+    return (
+        f"{path}: not a readable torch checkpoint ({size} bytes; truncated, corrupt or another format): "
+        f"{type(e).__name__}: {detail}"
+    )
+
+
 def _numpy_globals() -> list:
     import numpy.core.multiarray as multiarray
 
@@ -83,23 +128,35 @@ def _numpy_globals() -> list:
     return [multiarray._reconstruct, np.ndarray, np.dtype, *kinds]
 
 
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error that lists the first mismatched names."""
-    want, have = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(want - have), sorted(have - want)
-    if missing or unexpected:
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, show: int = 3) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error that counts missing, unexpected and
+    differently shaped entries and names the first ``show`` of each (a file of another architecture)."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(want[k].shape)} in the network"
+        for k in want
+        if k in state and tuple(state[k].shape) != tuple(want[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{len(items)} {what}" + (f" (first: {', '.join(items[:show])})" if items else "")
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+        ]
         raise WeightsError(
-            f"{path}: state_dict does not fit the network: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            f"{path}: state_dict does not fit the network ({type(model).__name__}, {len(want)} entries): "
+            + "; ".join(parts)
         )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # shape mismatches
+    except RuntimeError as e:  # dtype problems the checks above do not see
         raise WeightsError(f"{path}: state_dict does not fit the network: {str(e).splitlines()[-1].strip()}") from None
 
 
 def warn_random_init(name: str) -> None:
-    """The loud label of a randomly initialised extractor: stderr on every run, and a Python warning."""
+    """The loud label of a randomly initialised extractor: one line on stderr on every run, and a
+    :class:`RandomInitWarning` for callers that record warnings (not printed again by default)."""
     msg = (
         f"WARNING: {name}: no weights file (features.{name}.weights is null): the network is RANDOMLY INITIALISED "
         f"(seed {SEED}); its features carry no learned meaning and the store is labelled weights: {RANDOM_INIT}"
