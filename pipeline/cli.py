@@ -73,7 +73,8 @@ def scan(
     root: Annotated[Path | None, typer.Option(help="dataset root (default: params data.root)")] = None,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Fingerprint the dataset tree (names, sizes, mtimes) so `prepare` re-runs only when it changed."""
+    """Fingerprint the dataset tree (names, sizes and digests; no modification times) so `prepare` re-runs only when
+    it changed."""
     from pipeline.stages import scan as stage
 
     stage.run(Path(root) if root else Path(config.section("data", params).root), out)

@@ -14,7 +14,7 @@ from pipeline.config import DataConfig, DemoConfig, FramesConfig
 from pipeline.errors import InputError
 from pipeline.io.annotations import read_annotation
 from pipeline.io.media import probe_video
-from pipeline.io.prepared import FrameReader, load_index, read_audio
+from pipeline.io.prepared import FrameReader, audio_sha256, frames_sha256, load_index, read_audio, read_labels
 from pipeline.stages import demo, prepare
 from pipeline.stages.prepare import fill_missing
 
@@ -60,27 +60,53 @@ def test_index_follows_the_layout_rules(source, prepared):
     assert abs(len(audio) / 16_000 - 3.0) < 0.1
 
 
-def test_frames_h5(source, prepared):
+def test_frames_h5_labels_h5_and_digests(source, prepared):
     index = load_index(prepared)
+    labelled = [t.name for t in index.trials if t.split != "test"]
+    labels = read_labels(prepared, labelled)
     with FrameReader(prepared / "frames.h5") as r:
         for t in index.trials:
             x, face = r.frames(t.name), r.face(t.name)
             assert x.shape == (t.n_frames, 48, 48, 3) and x.dtype == np.uint8 and face.shape == (t.n_frames,)
-            labels = r.labels(t.name)
-            if t.split == "test":
-                assert labels is None
-            else:
-                assert labels.shape == (t.n_frames, 2) and labels.dtype == np.float32
-                assert np.all(np.abs(labels) <= 1)
+            assert t.frames_sha256 == frames_sha256(x, face)  # the digest is of what is stored
+            if t.split != "test":
+                y = labels[t.name]
+                assert y.shape == (t.n_frames, 2) and y.dtype == np.float32 and np.all(np.abs(y) <= 1)
+                ann = read_annotation(next((source / ANN).rglob(f"{t.name}.txt")))
+                np.testing.assert_array_equal(y, ann.labels)
         # demo01's first 12 crops are missing: face False there, filled with the first real crop ("last" mode)
         face, x = r.face("demo01"), r.frames("demo01")
         assert not face[:12].any() and face[12]
         np.testing.assert_array_equal(x[:12], np.broadcast_to(x[12], x[:12].shape))
-        # a real crop equals the jpg resized
-        first = int(load_index(prepared).trial("demo00").frames[0])
-        jpg = Image.open(source / "cropped_aligned" / "demo00" / f"{first:05d}.jpg").convert("RGB")
-        ref = np.asarray(jpg.resize((48, 48), Image.BILINEAR), dtype=np.float32)
-        assert np.abs(r.frames("demo00", 0, 1)[0].astype(np.float32) - ref).mean() < 6
+    assert {v.counted_by for k, v in index.videos.items()} == {"packets", "decoding"}
+    for t in index.by_split("test"):
+        assert index.videos[t.video].counted_by == "decoding"
+    for name, v in index.videos.items():
+        assert v.audio_offset == pytest.approx(0.0, abs=1e-3) and v.timestamps is None, name
+        if v.has_audio:
+            assert v.audio_sha256 == audio_sha256(read_audio(index.audio_path(name)))
+
+
+def test_each_row_holds_its_own_frames_crop(source, prepared):
+    """Row i of demo00 is the crop of video frame frames[i]: closer to that jpg (decoded and resized independently)
+    than to the jpg of any frame up to 5 before or after it (an off-by-k lookup fails here)."""
+    t = load_index(prepared).trial("demo00")
+    folder = source / "cropped_aligned" / "demo00"
+
+    def jpg(f: int) -> np.ndarray | None:
+        p = folder / f"{f:05d}.jpg"
+        return np.asarray(Image.open(p).convert("RGB").resize((48, 48), Image.BILINEAR), np.float32) if p.exists() else None
+
+    with FrameReader(prepared / "frames.h5") as r:
+        x, face = r.frames("demo00").astype(np.float32), r.face("demo00")
+    checked = 0
+    for i, f in enumerate(t.frames):
+        if not face[i]:
+            continue
+        d = {k: np.abs(x[i] - g).mean() for k in range(-5, 6) if (g := jpg(f + k)) is not None}
+        assert min(d, key=d.get) == 0 and d[0] < 1.0, (i, f, d)
+        checked += 1
+    assert checked > 50
 
 
 def test_missing_crops_last_and_zero():
@@ -175,10 +201,11 @@ def test_interrupted_run_leaves_no_finished_looking_file(root, tmp_path, monkeyp
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare, "backfill_leading", boom)  # dies inside the HDF5 writing loop
+    monkeypatch.setattr(prepare.TrialWriter, "finish", boom)  # dies inside the HDF5 writing loop
     with pytest.raises(KeyboardInterrupt):
         prepare.run(DataConfig(root=str(root)), FramesConfig(), out, jobs=1)
     assert not (out / "frames.h5").exists() and not (out / "index.json").exists() and not (out / "audio").exists()
+    assert not (out / "labels.h5").exists()
 
 
 def test_trial_annotated_twice_or_listed_as_test_is_an_error(root, tmp_path):

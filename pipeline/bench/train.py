@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter1d
 from pipeline import config
 from pipeline.devices import resolve_device
 from pipeline.io.features import FeatureStore
-from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json
+from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json, write_labels
 from pipeline.timebase import SAMPLE_RATE
 
 BENCH_STEPS = 12  # optimiser steps measured (after one warm-up epoch's worth is not needed: CPU has no warm-up)
@@ -41,7 +41,7 @@ def make_synthetic(
     dtype: str = "float16",
     noise: float = 1.0,
 ) -> tuple[Path, Path]:
-    """Write ``root/prepared`` (index.json, frames.h5, folds.json) and ``root/features/<name>.zarr`` stores.
+    """Write ``root/prepared`` (index.json, frames.h5, labels.h5, folds.json) and ``root/features/<name>.zarr`` stores.
 
     Labels are smooth latent valence/arousal in (-1, 1); the visual map carries valence (and some arousal) through
     fixed random directions, vggish and mfcc carry arousal, each with Gaussian noise of std ``noise`` and a
@@ -80,8 +80,7 @@ def make_synthetic(
             if t == names[0]:
                 face[:10] = False
             g["face"] = face
-            if split[t] != "test":
-                g["labels"] = labels[t]
+    write_labels(prepared / "labels.h5", {t: labels[t] for t in names if split[t] != "test"})
     index = PreparedIndex(prepared, 8, SAMPLE_RATE, videos, tuple(trials))
     (prepared / "index.json").write_text(json.dumps(index_to_json(index, "last")))
     labelled = [t for t in names if split[t] != "test"]
