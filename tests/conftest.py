@@ -9,7 +9,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import soundfile as sf
 
 from pipeline.io.prepared import (
     PreparedIndex,
@@ -19,6 +18,7 @@ from pipeline.io.prepared import (
     frames_sha256,
     index_to_json,
     write_labels,
+    write_wav,
 )
 from pipeline.timebase import SAMPLE_RATE
 
@@ -64,7 +64,7 @@ def write_prepared(
                 if secs:
                     t = np.arange(int(secs * SAMPLE_RATE)) / SAMPLE_RATE
                     samples = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-                    sf.write(out / "audio" / f"{video}.wav", samples, SAMPLE_RATE, subtype="FLOAT")
+                    write_wav(out / "audio" / f"{video}.wav", samples)
                     audio, digest = f"audio/{video}.wav", audio_sha256(samples)
                 videos[video] = Video(
                     video, f"videos/{video}.mp4", fps, n, bool(secs), audio, float(secs or 0.0),

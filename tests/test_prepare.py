@@ -2,8 +2,10 @@
 
 import json
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -179,10 +181,56 @@ def damage(root: Path, what: str) -> str:
         p = next((root / "videos").rglob("demo01.mp4"))
         p.write_bytes(b"\x00" * 5000)
         return f"{p}: cannot open video"
+    if what == "empty":
+        p = train / "demo02.txt"
+        p.write_text("valence,arousal\n")
+        return f"{p}: no rows after the header (an empty annotation file)"
+    if what == "columns":
+        p = set_line(train / "demo02.txt", 5, "0.1,0.2,0.3")
+        return f"{p}:6: expected 2 values 'valence,arousal', got '0.1,0.2,0.3'"
+    if what == "all-past-end":
+        p = train / "demo02.txt"
+        n = len(p.read_text().splitlines()) - 1
+        p.write_text("valence,arousal\n" + "-5,-5\n" * n + "0.1,0.1\n" * 3)
+        return f"{p}: every annotated row lies past the last frame of {next((root / 'videos').rglob('demo02.mp4'))}"
+    if what == "dot-dot-trial":
+        p = train / "...txt"  # its stem is '..'
+        (train / "demo02.txt").rename(p)
+        return f"{p}: trial name: '..' is not a plain name"
+    if what == "test-list-path":
+        p = root / "test_set.txt"
+        p.write_text("../../outside\n" + p.read_text())
+        return f"{p}:1: trial name: '../../outside' is not a plain name"
+    if what == "no-video-stream":
+        p = next((root / "videos").rglob("demo02.mp4"))
+        with av.open(str(p), "w") as c:  # an .mp4 holding audio only
+            s = c.add_stream("aac", rate=16_000, layout="mono")
+            for k in range(0, 16_000, 1024):
+                f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                f.sample_rate, f.pts, f.time_base = 16_000, k, Fraction(1, 16_000)
+                for pkt in s.encode(f):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+        return f"{p}: no video stream"
+    if what == "no-decodable-frame":
+        p = next((root / "videos").rglob("demo02.mp4"))
+        raw = bytearray(p.read_bytes())
+        at = raw.find(b"mdat")
+        size = int.from_bytes(raw[at - 4 : at], "big")
+        raw[at + 4 : at - 4 + size] = bytes(size - 8)  # every packet zeroed
+        p.write_bytes(bytes(raw))
+        return f"{p}: cannot decode video"
     raise AssertionError(what)
 
 
-@pytest.mark.parametrize("what", ["root", "header", "text", "nan", "range", "no-video", "undecodable"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "root", "header", "text", "nan", "range", "no-video", "undecodable", "empty", "columns", "all-past-end",
+        "dot-dot-trial", "test-list-path", "no-video-stream", "no-decodable-frame",
+    ],
+)
 def test_bad_input_is_one_line_naming_the_file(root, tmp_path, what):
     expected = damage(root, what)
     out = tmp_path / "prepared"
@@ -218,3 +266,67 @@ def test_prints_throughput(source, tmp_path, capsys):
     prepare.run(DataConfig(root=str(source)), FramesConfig(size=24), tmp_path / "p", jobs=1)
     report = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
     assert report["frames"] > 0 and report["frames_per_s"] > 0
+
+
+def test_repairable_input_warns_and_completes(root, prepared, tmp_path, capsys):
+    """Each repairable fault gives one warning naming the file and the run completes: annotation rows past the
+    video's end (dropped), a byte order mark and Windows line endings (accepted), a PNG, a grayscale and an oddly
+    sized crop (read, converted, resized), an empty and a missing crop folder (black frames, face False)."""
+    train, val, crops = root / ANN / "Train_Set", root / ANN / "Validation_Set", root / "cropped_aligned"
+    long = train / "demo00.txt"
+    long.write_text(long.read_text() + "0.2,0.2\n" * 7)
+    crlf = train / "demo01.txt"
+    crlf.write_bytes(b"\xef\xbb\xbf" + crlf.read_bytes().replace(b"\n", b"\r\n"))
+    ref = load_index(prepared)
+    png = crops / "demo00" / f"{ref.trial('demo00').frames[0]:05d}.jpg"
+    Image.open(png).save(png, format="PNG")
+    grey = crops / "demo02" / f"{ref.trial('demo02').frames[3]:05d}.jpg"
+    Image.open(grey).convert("L").save(grey, format="JPEG")
+    odd = crops / "demo03_left" / f"{ref.trial('demo03_left').frames[2]:05d}.jpg"
+    Image.open(odd).resize((80, 60)).save(odd, format="JPEG")
+    for f in (crops / "demo03_right").iterdir():
+        f.unlink()
+    shutil.rmtree(crops / "demo04")
+    out = tmp_path / "prepared"
+    index = prepare.run(DataConfig(root=str(root)), FramesConfig(size=48), out, jobs=1)
+    err = capsys.readouterr().err
+    video00 = next((root / "videos").rglob("demo00.mp4"))
+    n00 = index.videos["demo00"].n_frames
+    expected = [
+        f"warning: {long}: 7 annotation row(s) past the last frame of {video00} ({n00} frames, counted by packets); dropped",
+        f"warning: {png}: not a JPEG (PNG), read anyway",
+        f"warning: {grey}: L crop, not RGB: converted",
+        f"warning: {odd}: 80x60 crop (expected square, >= 48 px): resized to 48x48",
+        f"warning: {crops / 'demo03_right'}: no crop for any of its frames; the trial's frames are black, face all False",
+        f"warning: {crops / 'demo04'}: no such folder; the trial's frames are black, face all False",
+    ]
+    for line in expected:
+        assert line in err.splitlines(), (line, err)
+    assert index.trial("demo00").frames == ref.trial("demo00").frames  # the 7 extra rows are gone
+    assert max(index.trial("demo00").frames) <= n00
+    assert index.trial("demo01").frames == ref.trial("demo01").frames
+    np.testing.assert_array_equal(read_labels(out, ["demo01"])["demo01"], read_labels(prepared, ["demo01"])["demo01"])
+    with FrameReader(out / "frames.h5") as r, FrameReader(prepared / "frames.h5") as before:
+        assert r.face("demo00")[0] and r.face("demo02")[3] and r.face("demo03_left")[2]
+        np.testing.assert_array_equal(r.frames("demo00", 0, 1), before.frames("demo00", 0, 1))  # PNG: same pixels
+        g = r.frames("demo02", 3, 4)[0].astype(int)
+        assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()  # grey, three equal channels
+        for t in ("demo03_right", "demo04"):
+            assert not r.face(t).any() and not r.frames(t).any()
+
+
+def test_a_rerun_writes_the_same_bytes_and_removes_a_stale_index(source, prepared, tmp_path):
+    """Identical input gives byte-identical outputs (no dates inside, so DVC sees no change); a run that fails
+    leaves no index.json behind, even one from an earlier complete run."""
+    out = tmp_path / "prepared"
+    shutil.copytree(prepared, out)
+    prepare.run(DataConfig(root=str(source)), FramesConfig(size=48), out, jobs=1)
+    for f in sorted(prepared.rglob("*")):
+        if f.is_file():
+            assert (out / f.relative_to(prepared)).read_bytes() == f.read_bytes(), f.name
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    next((bad / "videos").rglob("demo01.mp4")).write_bytes(b"\x00" * 5000)
+    with pytest.raises(InputError, match="cannot open video"):
+        prepare.run(DataConfig(root=str(bad)), FramesConfig(size=48), out, jobs=1)
+    assert not (out / "index.json").exists()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,6 +252,20 @@ def read_labels(prepared: str | Path, trials: list[str]) -> dict[str, np.ndarray
                 raise InputError(f"{path}: trial {t!r} has no labels but is in a training fold")
             out[t] = np.asarray(h5[t]["labels"][()], dtype=np.float32)
     return out
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write float32 mono ``samples`` as a WAV file (IEEE float, ``fmt``, ``fact`` and ``data`` chunks), byte for
+    byte the same for the same samples. libsndfile adds a PEAK chunk holding the time of writing to float WAVs, so
+    every `prepare` run changed the audio files and DVC re-ran the audio stages."""
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    if len(data) > 2**32 - 64:
+        raise InputError(f"{path}: {len(samples) / sample_rate / 3600:.1f} h of audio does not fit a WAV file")
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)  # IEEE float, mono, 4 bytes per frame
+    chunks = [(b"fmt ", fmt), (b"fact", struct.pack("<I", len(samples))), (b"data", data)]
+    body = b"WAVE" + b"".join(tag + struct.pack("<I", len(x)) + x for tag, x in chunks)
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def read_audio(path: str | Path) -> np.ndarray:

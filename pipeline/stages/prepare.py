@@ -36,7 +36,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import soundfile as sf
 from PIL import Image
 from tqdm import tqdm
 
@@ -45,7 +44,16 @@ from pipeline.errors import InputError
 from pipeline.io.annotations import annotation_files, read_annotation, read_test_list
 from pipeline.io.media import decode_audio_track, find_videos, probe_video, video_for_trial
 from pipeline.io.names import check_name
-from pipeline.io.prepared import FramesDigest, PreparedIndex, Trial, Video, audio_sha256, index_to_json, write_labels
+from pipeline.io.prepared import (
+    FramesDigest,
+    PreparedIndex,
+    Trial,
+    Video,
+    audio_sha256,
+    index_to_json,
+    write_labels,
+    write_wav,
+)
 from pipeline.timebase import SAMPLE_RATE
 
 CHUNK = 512  # crops per worker task
@@ -136,7 +144,7 @@ def _video_task(args: tuple[str, Path, str, bool, Path]) -> VideoResult:
         return VideoResult(name, error=str(e))
     audio, seconds, offset, digest = None, 0.0, 0.0, None
     if track is not None:
-        sf.write(audio_dir / f"{name}.wav", track.samples, SAMPLE_RATE, subtype="FLOAT")
+        write_wav(audio_dir / f"{name}.wav", track.samples)
         audio, seconds = f"audio/{name}.wav", len(track.samples) / SAMPLE_RATE
         offset, digest = track.start - info.start, audio_sha256(track.samples)
     video = Video(
