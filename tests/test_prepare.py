@@ -1,7 +1,13 @@
 """prepare: the layout rules, missing crops, atomic outputs and every bad input of issue 2."""
 
 import json
+import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -330,3 +336,40 @@ def test_a_rerun_writes_the_same_bytes_and_removes_a_stale_index(source, prepare
     with pytest.raises(InputError, match="cannot open video"):
         prepare.run(DataConfig(root=str(bad)), FramesConfig(size=48), out, jobs=1)
     assert not (out / "index.json").exists()
+
+
+def _same_files(a: Path, b: Path) -> None:
+    files = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(b) for f in b.rglob("*") if f.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun(source, prepared, tmp_path):
+    """`kill -9` of `python -m pipeline prepare` (its whole process group: the workers die too) at random points:
+    what is left never holds an index.json unless it is complete, and a re-run writes exactly what an uninterrupted
+    run writes (byte for byte)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {source}\nframes:\n  size: 48\n")
+    out = tmp_path / "prepared"
+    cmd = [sys.executable, "-m", "pipeline", "prepare", "--out", str(out), "--params", str(params), "--jobs", "2"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    whole = time.monotonic() - t0
+    _same_files(out, prepared)
+    rng = random.Random(0)
+    killed_early = 0
+    for _ in range(4):
+        shutil.rmtree(out)  # each kill starts from nothing: whatever it leaves comes from this run alone
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(0.1, whole))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (out / "index.json").exists():  # it finished before the kill: then everything is there
+            _same_files(out, prepared)
+        else:
+            killed_early += 1
+        subprocess.run(cmd, check=True, capture_output=True)  # the re-run over what the kill left
+        _same_files(out, prepared)  # temporary files of the killed run are gone too
+    assert killed_early >= 2  # most kills land inside the run
