@@ -149,6 +149,40 @@ def test_variable_frame_rate_keeps_its_timestamps(tmp_path):
         assert info.fps == pytest.approx(50 / 1.95, rel=0.02)  # the stated mean rate: not for (f - 1) / fps timing
 
 
+def test_a_hole_in_the_audio_keeps_later_sound_in_time(tmp_path):
+    """Packets of 0.5 s missing from the audio (timestamps jump from 1.024 to 1.536 s): silence fills the hole, so a
+    click at 2.0 s stays at 2.0 s instead of moving 0.5 s earlier, and a warning says so."""
+    sr = 16_000
+    x = clicks(3.0, sr, [2.0])
+    p = tmp_path / "v.mp4"
+    with av.open(str(p), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for _ in range(75):
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+        for s in range(0, len(x), 1024):
+            if sr <= s < 1.5 * sr:
+                continue  # the hole
+            f = av.AudioFrame.from_ndarray(x[None, s : s + 1024].copy(), format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, s, Fraction(1, sr)
+            for pkt in a.encode(f):
+                c.mux(pkt)
+        for pkt in a.encode():
+            c.mux(pkt)
+    track = decode_audio_track(p)
+    assert first_click(track.samples) == pytest.approx(2.0, abs=0.003)
+    assert len(track.samples) / sr == pytest.approx(3.0, abs=0.07)
+    assert track.warnings == (
+        f"warning: {p}: the audio's timestamps have holes or overlaps: 0.512 s of silence inserted, 0.000 s of "
+        "overlap dropped, to keep it in time",
+    )
+    assert not decode_audio_track(write_av(tmp_path / "ok.mp4", audio=clicks(2.0, 44_100, [1.0]))).warnings
+
+
 # ---------------------------------------------------------------------------------------- damaged files
 def test_no_video_stream(tmp_path):
     with av.open(str(tmp_path / "a.mp4"), "w") as c:

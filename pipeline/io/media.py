@@ -27,6 +27,10 @@ from pipeline.timebase import SAMPLE_RATE, Timestamps, timestamps_from_pts
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
 RATE_MISMATCH = 0.01  # relative difference between stated and timestamp frame rates that earns a warning
+# A hole (or overlap) in the audio's timestamps longer than this is filled with silence (or dropped): a quarter of a
+# frame at 25 fps; shorter ones are timestamp rounding. The comparison is with all samples so far, so drift that
+# accumulates is corrected once it reaches it.
+GAP_TOLERANCE_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class VideoInfo:
 class AudioTrack:
     samples: np.ndarray  # float32 (n,) mono at 16 kHz
     start: float  # seconds on the container's clock at which samples[0] is heard
+    warnings: tuple[str, ...] = ()
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -129,34 +134,71 @@ def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
     )
 
 
+class _TrackAssembler:
+    """Resampled chunks -> one track whose sample k is heard at ``start + k / sample_rate``: a chunk whose timestamp
+    lies more than :data:`GAP_TOLERANCE_S` after the samples so far (packets missing from the file) is preceded by
+    silence; one that overlaps them by as much loses the overlap. Without timestamps chunks are simply joined."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.rate = sample_rate
+        self.chunks: list[np.ndarray] = []
+        self.n = 0  # samples so far
+        self.first: int | None = None  # timestamp (in samples) of sample 0
+        self.filled = self.dropped = 0  # samples of silence inserted, samples dropped
+
+    def add(self, frame: av.AudioFrame) -> None:
+        x = frame.to_ndarray().mean(axis=0)  # (channels, n) -> (n,): the channels' mean
+        if frame.pts is not None and frame.time_base == Fraction(1, self.rate):
+            if self.first is None:
+                self.first = frame.pts
+            gap = frame.pts - (self.first + self.n)
+            if gap > GAP_TOLERANCE_S * self.rate:
+                self.chunks.append(np.zeros(gap, dtype=np.float32))
+                self.n += gap
+                self.filled += gap
+            elif -gap > GAP_TOLERANCE_S * self.rate:
+                self.dropped += min(-gap, len(x))
+                x = x[-gap:]
+        self.chunks.append(x)
+        self.n += len(x)
+
+
 def decode_audio_track(path: str | Path, sample_rate: int = SAMPLE_RATE) -> AudioTrack | None:
     """The first audio stream of ``path`` as float32 (n_samples,) mono at ``sample_rate`` Hz with the time of its
     first sample; None if the file has no audio stream. Channels are averaged (not FFmpeg's downmix, which scales a
     stereo pair by 1/sqrt(2) each); the rate is converted by FFmpeg's resampler, whose output keeps the input's
     timestamps. ``start`` is the first decoded sample's timestamp: FFmpeg has already applied the container's edit
-    list and dropped AAC encoder priming, so a track muxed to start at 0 starts at 0 (checked to < 1 ms)."""
+    list and dropped AAC encoder priming, so a track muxed to start at 0 starts at 0 (checked to < 1 ms). Holes in
+    the timestamps (missing packets) are filled with silence, overlaps dropped, with a warning: later samples stay
+    at their time."""
     path = Path(path)
     with _open(path) as c:
         if not c.streams.audio:
             return None
         stream = c.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: (channels, n) per frame
-        chunks: list[np.ndarray] = []
+        track = _TrackAssembler(sample_rate)
         start: float | None = None
         try:
             for frame in c.decode(stream):
                 if start is None and frame.pts is not None and frame.time_base is not None:
                     start = float(frame.pts * frame.time_base)
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))
+                    track.add(out)
             for out in resampler.resample(None):  # flush the resampler's delay line
-                chunks.append(out.to_ndarray().mean(axis=0))
+                track.add(out)
         except av.error.FFmpegError as e:
             raise InputError(f"{path}: cannot decode audio: {e}") from None
         if start is None:  # no frame timestamps: the stream's own start, else the container's zero
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    samples = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, dtype=np.float32)
-    return AudioTrack(samples, start)
+    warnings = []
+    if track.filled or track.dropped:
+        warnings.append(
+            f"warning: {path}: the audio's timestamps have holes or overlaps: {track.filled / sample_rate:.3f} s of "
+            f"silence inserted, {track.dropped / sample_rate:.3f} s of overlap dropped, to keep it in time"
+        )
+    samples = np.concatenate(track.chunks).astype(np.float32, copy=False) if track.chunks else np.zeros(0, np.float32)
+    return AudioTrack(samples, start, tuple(warnings))
 
 
 def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:

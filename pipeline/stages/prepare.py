@@ -151,7 +151,7 @@ def _video_task(args: tuple[str, Path, str, bool, Path]) -> VideoResult:
         name, rel, info.fps, info.n_frames, track is not None, audio, seconds, offset, digest, info.counted_by,
         info.timestamps,
     )
-    return VideoResult(name, video, info.warnings)
+    return VideoResult(name, video, info.warnings + (track.warnings if track is not None else ()))
 
 
 @dataclass
