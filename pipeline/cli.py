@@ -264,5 +264,17 @@ def bench_scan(
     bench.run(work, files=files, baseline=baseline)
 
 
+@bench_app.command("count")
+@user_errors
+def bench_count(
+    videos: Annotated[list[Path], typer.Argument(help="video files to measure")],
+    repeats: Annotated[int, typer.Option(help="timed runs per method; the best is reported", min=1)] = 3,
+) -> None:
+    """Frame counting by demuxing packets against decoding, one JSON line per video."""
+    from pipeline.bench import count as bench
+
+    bench.run(list(videos), repeats=repeats)
+
+
 def main() -> None:  # console-script entry point
     app()

@@ -1,6 +1,7 @@
 """PyAV decoding: frame counts (packets and decoding), frame times, where audio sits in time, audio to 16 kHz mono
 from any rate and layout, videos without audio, and damaged files."""
 
+import json
 from fractions import Fraction
 
 import av
@@ -101,6 +102,10 @@ def test_find_videos_any_depth_and_duplicate_stems(tmp_path):
     assert sorted(find_videos(tmp_path)) == ["x", "y"]
     (tmp_path / "x.avi").write_bytes(b"")
     with pytest.raises(InputError, match="video name 'x' also used by"):
+        find_videos(tmp_path)
+    (tmp_path / "x.avi").unlink()
+    (tmp_path / "..mp4").write_bytes(b"")  # its stem is '.': audio/..wav would not be its own file
+    with pytest.raises(InputError, match=r"\.\.mp4: video name: '\.' is not a plain name"):
         find_videos(tmp_path)
 
 
@@ -243,3 +248,12 @@ def test_real_files_late_audio_and_variable_rate(realmedia):
     assert info.timestamps is not None  # a 30 fps clock with dropped frames: 22.13 fps on average only
     for p in sorted((realmedia / "videos").glob("*")) + sorted((realmedia / "videos_noaudio").glob("*")):
         assert probe_video(p).n_frames == probe_video(p, count_frames=True).n_frames, p.name
+
+
+def test_bench_count_prints_both_counts(tmp_path, capsys):
+    from pipeline.bench import count
+
+    p = write_av(tmp_path / "v.mp4", n_frames=30)
+    (rec,) = count.run([p], repeats=1)
+    assert rec["frames_packets"] == rec["frames_decoded"] == 30 and rec["packets_s"] > 0 and rec["decode_s"] > 0
+    assert json.loads(capsys.readouterr().out) == rec

@@ -191,6 +191,15 @@ def damage(root: Path, what: str) -> str:
         p = train / "demo02.txt"
         p.write_text("valence,arousal\n")
         return f"{p}: no rows after the header (an empty annotation file)"
+    if what == "all-unannotated":
+        p = train / "demo02.txt"
+        n = len(p.read_text().splitlines()) - 1
+        p.write_text("valence,arousal\n" + "-5,-5\n" * n)
+        return f"{p}: no annotated rows (every row has -5)"
+    if what == "no-trials":
+        shutil.rmtree(root / "annotations")
+        (root / "test_set.txt").unlink()
+        return f"{root}: no trials (no annotation files under annotations/VA_Estimation_Challenge and no test_set.txt)"
     if what == "columns":
         p = set_line(train / "demo02.txt", 5, "0.1,0.2,0.3")
         return f"{p}:6: expected 2 values 'valence,arousal', got '0.1,0.2,0.3'"
@@ -233,7 +242,8 @@ def damage(root: Path, what: str) -> str:
 @pytest.mark.parametrize(
     "what",
     [
-        "root", "header", "text", "nan", "range", "no-video", "undecodable", "empty", "columns", "all-past-end",
+        "root", "header", "text", "nan", "range", "no-video", "undecodable", "empty", "all-unannotated", "no-trials",
+        "columns", "all-past-end",
         "dot-dot-trial", "test-list-path", "no-video-stream", "no-decodable-frame",
     ],
 )
