@@ -288,7 +288,7 @@ def test_repairable_input_warns_and_completes(root, prepared, tmp_path, capsys):
     """Each repairable fault gives one warning naming the file and the run completes: annotation rows past the
     video's end (dropped), a byte order mark and Windows line endings (accepted), a PNG, a grayscale and an oddly
     sized crop (read, converted, resized), an empty and a missing crop folder (black frames, face False)."""
-    train, val, crops = root / ANN / "Train_Set", root / ANN / "Validation_Set", root / "cropped_aligned"
+    train, crops = root / ANN / "Train_Set", root / "cropped_aligned"
     long = train / "demo00.txt"
     long.write_text(long.read_text() + "0.2,0.2\n" * 7)
     crlf = train / "demo01.txt"

@@ -168,7 +168,7 @@ def decode_audio_track(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audi
     first sample; None if the file has no audio stream. Channels are averaged (not FFmpeg's downmix, which scales a
     stereo pair by 1/sqrt(2) each); the rate is converted by FFmpeg's resampler, whose output keeps the input's
     timestamps. ``start`` is the first decoded sample's timestamp: FFmpeg has already applied the container's edit
-    list and dropped AAC encoder priming, so a track muxed to start at 0 starts at 0 (checked to < 1 ms). Holes in
+    list and dropped AAC encoder priming, so a track muxed to start at 0 starts at 0 (tests/test_media.py). Holes in
     the timestamps (missing packets) are filled with silence, overlaps dropped, with a warning: later samples stay
     at their time."""
     path = Path(path)
