@@ -75,7 +75,8 @@ def scan(
     root: Annotated[Path | None, typer.Option(help="dataset root (default: params data.root)")] = None,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Fingerprint the dataset tree (names, sizes, mtimes) so `prepare` re-runs only when it changed."""
+    """Fingerprint the dataset tree (names, sizes and digests; no modification times) so `prepare` re-runs only when
+    it changed."""
     from pipeline.stages import scan as stage
 
     with guard(out):
@@ -286,6 +287,18 @@ def bench_scan(
     from pipeline.bench import scan as bench
 
     bench.run(work, files=files, baseline=baseline)
+
+
+@bench_app.command("count")
+@user_errors
+def bench_count(
+    videos: Annotated[list[Path], typer.Argument(help="video files to measure")],
+    repeats: Annotated[int, typer.Option(help="timed runs per method; the best is reported", min=1)] = 3,
+) -> None:
+    """Frame counting by demuxing packets against decoding, one JSON line per video."""
+    from pipeline.bench import count as bench
+
+    bench.run(list(videos), repeats=repeats)
 
 
 def main() -> None:  # console-script entry point

@@ -31,6 +31,7 @@ def test_rows_with_minus_five_in_either_value_are_dropped(tmp_path):
         ("valence,arousal\n0.1,1.5\n", "t.txt:2: 1.5 outside [-1, 1] (and not -5"),
         ("valence,arousal\n-4,0\n", "t.txt:2: -4 outside [-1, 1]"),
         ("valence,arousal\n0.1\n", "t.txt:2: expected 2 values"),
+        ("valence,arousal\n0.1,0.2,0.3\n", "t.txt:2: expected 2 values 'valence,arousal', got '0.1,0.2,0.3'"),
         ("valence,arousal\n0.1,0.1\n\n0.2,0.2\n", "t.txt:3: empty line before the end"),
     ],
 )
@@ -46,7 +47,29 @@ def test_header_is_case_and_space_tolerant_and_trailing_blank_lines_ok(tmp_path)
     assert ann.frames.tolist() == [1]
 
 
+def test_windows_line_endings_and_byte_order_mark_are_accepted(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_bytes("\ufeffvalence,arousal\r\n0.1,0.2\r\n-5,-5\r\n0.3,-0.4\r\n".encode("utf-8"))
+    ann = read_annotation(p)
+    assert ann.frames.tolist() == [1, 3] and ann.n_rows == 3
+    np.testing.assert_allclose(ann.labels, [[0.1, 0.2], [0.3, -0.4]])
+
+
+def test_header_only_file_has_no_rows(tmp_path):
+    ann = read_annotation(write(tmp_path, "valence,arousal\n"))
+    assert ann.n_rows == 0 and len(ann.frames) == 0  # prepare refuses it, naming the file (test_prepare)
+
+
 def test_test_list(tmp_path):
-    (tmp_path / "test_set.txt").write_text("a\n\n# comment\nb.mp4\nc_left  \n")
-    assert read_test_list(tmp_path) == ["a", "b", "c_left"]
+    (tmp_path / "test_set.txt").write_bytes(b"\xef\xbb\xbfa\r\n\r\n# comment\r\nb.mp4\r\nc_left  \r\nd.AVI\n")
+    assert read_test_list(tmp_path) == ["a", "b", "c_left", "d"]
     assert read_test_list(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize("line", ["../evil", "/abs/path", "sub/dir.mp4", "..\\x", "..", "."])
+def test_test_list_names_must_be_plain(tmp_path, line):
+    (tmp_path / "test_set.txt").write_text(f"ok\n{line}\n")
+    with pytest.raises(InputError) as e:
+        read_test_list(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'test_set.txt'}:2: trial name")
+    assert "is not a plain name" in str(e.value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,9 @@ from pipeline.extractors import mfcc as M
 from pipeline.extractors.audio import AudioSource
 from pipeline.extractors.weights import RandomInitWarning
 from pipeline.io.features import FeatureStore
+from pipeline.io.prepared import audio_sha256, load_index
 from pipeline.stages import extract
-from pipeline.timebase import frame_times
+from pipeline.timebase import Timestamps, frame_times
 
 torch.set_num_threads(2)
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
@@ -165,6 +168,14 @@ def test_shards_fill_one_store(make_prepared, tmp_path):
         np.testing.assert_allclose(s.read(t), ref.read(t), rtol=1e-5, atol=1e-5)
 
 
+def _set_video(prepared: Path, video: str, **fields) -> None:
+    """Change a video's entry in index.json, as a new `prepare` run would write it."""
+    path = prepared / "index.json"
+    doc = json.loads(path.read_text())
+    doc["videos"][video].update(fields)
+    path.write_text(json.dumps(doc))
+
+
 def test_stale_store_rebuilds_and_matching_store_resumes(make_prepared, tmp_path, capsys):
     index = make_prepared({"a": {"n": 30}})
     out = tmp_path / "m.zarr"
@@ -175,10 +186,64 @@ def test_stale_store_rebuilds_and_matching_store_resumes(make_prepared, tmp_path
     before = _run("mfcc", MFCCConfig(n_mfcc=10), index.root, out).read("a")  # parameters changed: rebuilt
     assert before.shape == (30, 30)
     wav = index.audio_path("a")
-    sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="FLOAT")  # prepared audio changed: rebuilt
-    os.utime(wav, ns=(1, 1))
+    silence = np.zeros(16000, np.float32)
+    sf.write(wav, silence, 16000, subtype="FLOAT")  # prepared audio changed (and recorded so): rebuilt
+    _set_video(index.root, "a", audio_sha256=audio_sha256(silence))
     after = _run("mfcc", MFCCConfig(n_mfcc=10), index.root, out).read("a")
     assert not np.array_equal(after, before) and np.ptp(after[:20], axis=0).max() < 1e-6  # silence: constant rows
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    _set_video(index.root, "a", audio_offset=0.1)  # the same audio heard 0.1 s later: other rows
+    moved = _run("mfcc", MFCCConfig(n_mfcc=10), index.root, out)
+    assert (out / "zarr.json").stat().st_mtime_ns != stamp and not moved.mask("a")[:3].any()
+
+
+def test_dates_do_not_rebuild_a_store_content_does(make_prepared, tmp_path, capsys):
+    """A `touch`, `dvc checkout` or copy of frames.h5 or the WAVs changes dates only: no store rebuilds. New crops
+    rebuild the frames store only; new audio the audio stores only."""
+    index = make_prepared({"a": {"n": 30}, "b": {"n": 20, "fps": 30.0}})
+    out = tmp_path / "m.zarr"
+    _run("mfcc", MFCCConfig(), index.root, out)
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    for f in [index.root / "frames.h5", *sorted((index.root / "audio").iterdir())]:
+        os.utime(f, ns=(10**18, 10**18))
+    _run("mfcc", MFCCConfig(), index.root, out)
+    assert (out / "zarr.json").stat().st_mtime_ns == stamp and "complete" in capsys.readouterr().err
+    store = FeatureStore.open(out)
+    assert "provenance" in store.attrs and "provenance" not in json.dumps(store.attrs["fingerprint"])
+
+    copy = tmp_path / "copy"
+    shutil.copytree(index.root, copy)  # new dates everywhere, same content
+    mfcc = build("mfcc", MFCCConfig(), index.frames_size, "cpu")
+    iresnet = replace(mfcc, name="iresnet", kind="frames")  # fingerprint() looks at the kind, not the network
+    for ex in (mfcc, iresnet):
+        assert extract.fingerprint(ex, load_index(copy)) == extract.fingerprint(ex, index)
+
+    copied = load_index(copy)
+    new_frames = replace(copied, trials=tuple(replace(t, frames_sha256="0" * 64) if t.name == "a" else t for t in copied.trials))
+    assert extract.fingerprint(iresnet, new_frames) != extract.fingerprint(iresnet, index)
+    assert extract.fingerprint(mfcc, new_frames) == extract.fingerprint(mfcc, index)
+    new_audio = replace(index, videos={**index.videos, "a": replace(index.videos["a"], audio_sha256="1" * 64)})
+    assert extract.fingerprint(mfcc, new_audio) != extract.fingerprint(mfcc, index)
+    assert extract.fingerprint(iresnet, new_audio) == extract.fingerprint(iresnet, index)
+
+
+def test_frame_times_and_audio_offset_reach_the_rows(make_prepared, tmp_path):
+    """A late track (offset +0.2 s): the first 5 frames (t < 0.2 s at 25 fps) have no audio row; frame 6 reads the
+    track's first sample. A variable-rate video: rows follow the recorded frame times."""
+    stamps = Timestamps((1, 100), ((4, 5), (10, 4)))  # 10 frames: 0, 0.04 .. 0.2, then 0.3 .. 0.6 s
+    index = make_prepared({
+        "late": {"n": 30, "offset": 0.2, "audio": 1.0},
+        "vfr": {"n": 10, "audio": 1.0, "timestamps": stamps},
+    })
+    s = _run("mfcc", MFCCConfig(), index.root, tmp_path / "m.zarr")
+    m = s.mask("late")
+    assert not m[:5].any() and m[5:].all() and not s.read("late")[:5].any()
+    src = AudioSource(index.audio_path("late"))
+    t = index.trial("late")
+    np.testing.assert_array_equal(s.read("late")[5:], M.mfcc_at(src, t.times[5:] - 0.2, M.MFCCParams()))
+    v = index.trial("vfr")
+    np.testing.assert_allclose(v.times, [0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4, 0.5, 0.6])
+    np.testing.assert_array_equal(s.read("vfr"), M.mfcc_at(AudioSource(index.audio_path("vfr")), v.times, M.MFCCParams()))
 
 
 def test_demo_sized_store_has_few_files(make_prepared, tmp_path):
@@ -188,53 +253,40 @@ def test_demo_sized_store_has_few_files(make_prepared, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- real media
-def _prepare_realmedia(realmedia: Path, out: Path, max_frames: int = 60) -> None:
-    """A prepared folder from the real videos: audio decoded by the pipeline's own PyAV decoder, crops = the first
-    frames resized to 16 px (crop content does not matter here; timing and audio do)."""
+def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6) -> None:
+    """`prepare` on real videos (links, never copies) listed as test trials, with crops made from their first frames
+    (crop content does not matter here; timing and audio do)."""
+    import itertools
+
     from PIL import Image
 
-    from pipeline.io.media import decode_audio, iter_video_frames, probe_video
-
-    import h5py
+    from pipeline.config import DataConfig, FramesConfig
+    from pipeline.io.media import iter_video_frames
+    from pipeline.stages import prepare
 
     picks = [
-        realmedia / "videos" / "videoretalking_face_1.mp4",  # 22.13 fps
+        realmedia / "videos" / "videoretalking_face_1.mp4",  # 22.13 fps on average: a 30 fps clock with drops
         realmedia / "videos" / "pyfeat_WolfgangLanger_Pexels.mp4",  # digital silence
-        realmedia / "videos" / "pyfeat_face_noface.mov",  # audio shorter than the video
+        realmedia / "videos" / "pyfeat_face_noface.mov",  # audio starts 2.43 s after the picture
         realmedia / "videos_noaudio" / "musetalk_sun.mp4",  # no audio stream
     ]
-    (out / "audio").mkdir(parents=True)
-    videos, trials = {}, []
-    with h5py.File(out / "frames.h5", "w") as h5:
-        for p in picks:
-            info = probe_video(p, count_frames=True)
-            audio = decode_audio(p)
-            name = p.stem
-            if audio is not None:
-                sf.write(out / "audio" / f"{name}.wav", audio, 16000, subtype="FLOAT")
-            videos[name] = {
-                "path": str(p), "fps": info.fps, "n_frames": info.n_frames, "has_audio": audio is not None,
-                "audio": f"audio/{name}.wav" if audio is not None else None,
-                "audio_seconds": 0.0 if audio is None else len(audio) / 16000,
-            }
-            n = info.n_frames
-            frames = [np.asarray(Image.fromarray(f).resize((16, 16))) for _, f in zip(range(max_frames), iter_video_frames(p))]
-            crops = np.stack(frames + [frames[-1]] * (n - len(frames)))
-            g = h5.create_group(name)
-            g["frames"], g["face"] = crops, np.ones(n, bool)
-            trials.append({"name": name, "split": "test", "video": name, "fps": info.fps, "n_frames": n,
-                           "has_audio": audio is not None, "frames": list(range(1, n + 1))})
-    (out / "index.json").write_text(json.dumps({
-        "format": "va-pipeline-prepared/1", "frames_size": 16, "sample_rate": 16000, "missing": "last",
-        "videos": videos, "trials": trials}))
+    (root / "videos").mkdir(parents=True)
+    for p in picks:
+        os.symlink(p, root / "videos" / f"{p.stem}.mp4")
+        (root / "cropped_aligned" / p.stem).mkdir(parents=True)
+        for i, frame in enumerate(itertools.islice(iter_video_frames(p), n_crops)):
+            Image.fromarray(frame).resize((32, 32)).save(root / "cropped_aligned" / p.stem / f"{i + 1:05d}.jpg")
+    (root / "test_set.txt").write_text("".join(f"{p.stem}\n" for p in picks))
+    prepare.run(DataConfig(root=str(root)), FramesConfig(size=16), out, jobs=2)
 
 
 @pytest.mark.realmedia
 @pytest.mark.slow
 def test_realmedia_videos_go_through(realmedia, tmp_path):
-    _prepare_realmedia(realmedia, tmp_path / "prepared")
-    from pipeline.io.prepared import load_index
+    from pipeline.io.prepared import read_audio
+    from pipeline.timebase import audio_mask, audio_source_rows, track_seconds
 
+    _prepare_realmedia(realmedia, tmp_path / "root", tmp_path / "prepared")
     index = load_index(tmp_path / "prepared")
     for name, cfg in (("mfcc", MFCCConfig()), ("vggish", VGGishConfig()), ("iresnet", IResNetConfig(pooled=True, batch=64))):
         s = _run(name, cfg, tmp_path / "prepared", tmp_path / f"{name}.zarr")
@@ -242,18 +294,23 @@ def test_realmedia_videos_go_through(realmedia, tmp_path):
             rows, mask = s.read(t.name), s.mask(t.name)
             assert rows.shape[0] == t.n_frames and np.isfinite(rows.astype(np.float32)).all(), (name, t.name)
             if name == "iresnet":
-                assert mask.all()
+                assert mask[:6].all() and not mask[6:].any()
                 continue
             v = index.videos[t.video]
-            if not v.has_audio:
-                assert not mask.any() and not rows.any()
-            elif v.audio_seconds < t.n_frames / t.fps - 0.1:  # audio shorter than the video
-                k = int(mask.sum())
-                assert 0 < k < t.n_frames and mask[:k].all()
-                np.testing.assert_array_equal(rows[k:], np.repeat(rows[k - 1 : k], t.n_frames - k, axis=0))
-            else:
-                assert mask.mean() > 0.95
-    assert abs(index.trial("videoretalking_face_1").fps - 22.13) < 0.01
+            n = len(read_audio(index.audio_path(t.video))) if v.has_audio else 0
+            expected = audio_mask(track_seconds(t.times, v.audio_offset), n)
+            np.testing.assert_array_equal(mask, expected)
+            source = audio_source_rows(expected)
+            assert not rows[source < 0].any()  # before the track, or no audio at all: zeros
+            np.testing.assert_array_equal(rows[source >= 0], rows[source[source >= 0]])  # after it: the last row
+            if v.has_audio:
+                assert mask.mean() > 0.3
+    mov = index.trial("pyfeat_face_noface")
+    offset = index.videos["pyfeat_face_noface"].audio_offset
+    assert offset == pytest.approx(2.43, abs=1e-3)
+    first_heard = int(np.argmax(FeatureStore.open(tmp_path / "mfcc.zarr").mask(mov.name)))
+    assert mov.times[first_heard - 1] < offset - 0.5 / 16000 <= mov.times[first_heard]  # the first frame heard
+    assert index.trial("videoretalking_face_1").timestamps is not None
 
 
 @pytest.mark.parametrize(

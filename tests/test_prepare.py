@@ -1,9 +1,17 @@
 """prepare: the layout rules, missing crops, atomic outputs and every bad input of issue 2."""
 
 import json
+import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +22,7 @@ from pipeline.config import DataConfig, DemoConfig, FramesConfig
 from pipeline.errors import InputError
 from pipeline.io.annotations import read_annotation
 from pipeline.io.media import probe_video
-from pipeline.io.prepared import FrameReader, load_index, read_audio
+from pipeline.io.prepared import FrameReader, audio_sha256, frames_sha256, load_index, read_audio, read_labels
 from pipeline.stages import demo, prepare
 from pipeline.stages.prepare import fill_missing
 
@@ -60,27 +68,53 @@ def test_index_follows_the_layout_rules(source, prepared):
     assert abs(len(audio) / 16_000 - 3.0) < 0.1
 
 
-def test_frames_h5(source, prepared):
+def test_frames_h5_labels_h5_and_digests(source, prepared):
     index = load_index(prepared)
+    labelled = [t.name for t in index.trials if t.split != "test"]
+    labels = read_labels(prepared, labelled)
     with FrameReader(prepared / "frames.h5") as r:
         for t in index.trials:
             x, face = r.frames(t.name), r.face(t.name)
             assert x.shape == (t.n_frames, 48, 48, 3) and x.dtype == np.uint8 and face.shape == (t.n_frames,)
-            labels = r.labels(t.name)
-            if t.split == "test":
-                assert labels is None
-            else:
-                assert labels.shape == (t.n_frames, 2) and labels.dtype == np.float32
-                assert np.all(np.abs(labels) <= 1)
+            assert t.frames_sha256 == frames_sha256(x, face)  # the digest is of what is stored
+            if t.split != "test":
+                y = labels[t.name]
+                assert y.shape == (t.n_frames, 2) and y.dtype == np.float32 and np.all(np.abs(y) <= 1)
+                ann = read_annotation(next((source / ANN).rglob(f"{t.name}.txt")))
+                np.testing.assert_array_equal(y, ann.labels)
         # demo01's first 12 crops are missing: face False there, filled with the first real crop ("last" mode)
         face, x = r.face("demo01"), r.frames("demo01")
         assert not face[:12].any() and face[12]
         np.testing.assert_array_equal(x[:12], np.broadcast_to(x[12], x[:12].shape))
-        # a real crop equals the jpg resized
-        first = int(load_index(prepared).trial("demo00").frames[0])
-        jpg = Image.open(source / "cropped_aligned" / "demo00" / f"{first:05d}.jpg").convert("RGB")
-        ref = np.asarray(jpg.resize((48, 48), Image.BILINEAR), dtype=np.float32)
-        assert np.abs(r.frames("demo00", 0, 1)[0].astype(np.float32) - ref).mean() < 6
+    assert {v.counted_by for k, v in index.videos.items()} == {"packets", "decoding"}
+    for t in index.by_split("test"):
+        assert index.videos[t.video].counted_by == "decoding"
+    for name, v in index.videos.items():
+        assert v.audio_offset == pytest.approx(0.0, abs=1e-3) and v.timestamps is None, name
+        if v.has_audio:
+            assert v.audio_sha256 == audio_sha256(read_audio(index.audio_path(name)))
+
+
+def test_each_row_holds_its_own_frames_crop(source, prepared):
+    """Row i of demo00 is the crop of video frame frames[i]: closer to that jpg (decoded and resized independently)
+    than to the jpg of any frame up to 5 before or after it (an off-by-k lookup fails here)."""
+    t = load_index(prepared).trial("demo00")
+    folder = source / "cropped_aligned" / "demo00"
+
+    def jpg(f: int) -> np.ndarray | None:
+        p = folder / f"{f:05d}.jpg"
+        return np.asarray(Image.open(p).convert("RGB").resize((48, 48), Image.BILINEAR), np.float32) if p.exists() else None
+
+    with FrameReader(prepared / "frames.h5") as r:
+        x, face = r.frames("demo00").astype(np.float32), r.face("demo00")
+    checked = 0
+    for i, f in enumerate(t.frames):
+        if not face[i]:
+            continue
+        d = {k: np.abs(x[i] - g).mean() for k in range(-5, 6) if (g := jpg(f + k)) is not None}
+        assert min(d, key=d.get) == 0 and d[0] < 1.0, (i, f, d)
+        checked += 1
+    assert checked > 50
 
 
 def test_missing_crops_last_and_zero():
@@ -153,10 +187,66 @@ def damage(root: Path, what: str) -> str:
         p = next((root / "videos").rglob("demo01.mp4"))
         p.write_bytes(b"\x00" * 5000)
         return f"{p}: cannot open video"
+    if what == "empty":
+        p = train / "demo02.txt"
+        p.write_text("valence,arousal\n")
+        return f"{p}: no rows after the header (an empty annotation file)"
+    if what == "all-unannotated":
+        p = train / "demo02.txt"
+        n = len(p.read_text().splitlines()) - 1
+        p.write_text("valence,arousal\n" + "-5,-5\n" * n)
+        return f"{p}: no annotated rows (every row has -5)"
+    if what == "no-trials":
+        shutil.rmtree(root / "annotations")
+        (root / "test_set.txt").unlink()
+        return f"{root}: no trials (no annotation files under annotations/VA_Estimation_Challenge and no test_set.txt)"
+    if what == "columns":
+        p = set_line(train / "demo02.txt", 5, "0.1,0.2,0.3")
+        return f"{p}:6: expected 2 values 'valence,arousal', got '0.1,0.2,0.3'"
+    if what == "all-past-end":
+        p = train / "demo02.txt"
+        n = len(p.read_text().splitlines()) - 1
+        p.write_text("valence,arousal\n" + "-5,-5\n" * n + "0.1,0.1\n" * 3)
+        return f"{p}: every annotated row lies past the last frame of {next((root / 'videos').rglob('demo02.mp4'))}"
+    if what == "dot-dot-trial":
+        p = train / "...txt"  # its stem is '..'
+        (train / "demo02.txt").rename(p)
+        return f"{p}: trial name: '..' is not a plain name"
+    if what == "test-list-path":
+        p = root / "test_set.txt"
+        p.write_text("../../outside\n" + p.read_text())
+        return f"{p}:1: trial name: '../../outside' is not a plain name"
+    if what == "no-video-stream":
+        p = next((root / "videos").rglob("demo02.mp4"))
+        with av.open(str(p), "w") as c:  # an .mp4 holding audio only
+            s = c.add_stream("aac", rate=16_000, layout="mono")
+            for k in range(0, 16_000, 1024):
+                f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                f.sample_rate, f.pts, f.time_base = 16_000, k, Fraction(1, 16_000)
+                for pkt in s.encode(f):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+        return f"{p}: no video stream"
+    if what == "no-decodable-frame":
+        p = next((root / "videos").rglob("demo02.mp4"))
+        raw = bytearray(p.read_bytes())
+        at = raw.find(b"mdat")
+        size = int.from_bytes(raw[at - 4 : at], "big")
+        raw[at + 4 : at - 4 + size] = bytes(size - 8)  # every packet zeroed
+        p.write_bytes(bytes(raw))
+        return f"{p}: cannot decode video"
     raise AssertionError(what)
 
 
-@pytest.mark.parametrize("what", ["root", "header", "text", "nan", "range", "no-video", "undecodable"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "root", "header", "text", "nan", "range", "no-video", "undecodable", "empty", "all-unannotated", "no-trials",
+        "columns", "all-past-end",
+        "dot-dot-trial", "test-list-path", "no-video-stream", "no-decodable-frame",
+    ],
+)
 def test_bad_input_is_one_line_naming_the_file(root, tmp_path, what):
     expected = damage(root, what)
     out = tmp_path / "prepared"
@@ -175,10 +265,11 @@ def test_interrupted_run_leaves_no_finished_looking_file(root, tmp_path, monkeyp
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare, "backfill_leading", boom)  # dies inside the HDF5 writing loop
+    monkeypatch.setattr(prepare.TrialWriter, "finish", boom)  # dies inside the HDF5 writing loop
     with pytest.raises(KeyboardInterrupt):
         prepare.run(DataConfig(root=str(root)), FramesConfig(), out, jobs=1)
     assert not (out / "frames.h5").exists() and not (out / "index.json").exists() and not (out / "audio").exists()
+    assert not (out / "labels.h5").exists()
 
 
 def test_trial_annotated_twice_or_listed_as_test_is_an_error(root, tmp_path):
@@ -191,3 +282,104 @@ def test_prints_throughput(source, tmp_path, capsys):
     prepare.run(DataConfig(root=str(source)), FramesConfig(size=24), tmp_path / "p", jobs=1)
     report = json.loads([l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1])
     assert report["frames"] > 0 and report["frames_per_s"] > 0
+
+
+def test_repairable_input_warns_and_completes(root, prepared, tmp_path, capsys):
+    """Each repairable fault gives one warning naming the file and the run completes: annotation rows past the
+    video's end (dropped), a byte order mark and Windows line endings (accepted), a PNG, a grayscale and an oddly
+    sized crop (read, converted, resized), an empty and a missing crop folder (black frames, face False)."""
+    train, crops = root / ANN / "Train_Set", root / "cropped_aligned"
+    long = train / "demo00.txt"
+    long.write_text(long.read_text() + "0.2,0.2\n" * 7)
+    crlf = train / "demo01.txt"
+    crlf.write_bytes(b"\xef\xbb\xbf" + crlf.read_bytes().replace(b"\n", b"\r\n"))
+    ref = load_index(prepared)
+    png = crops / "demo00" / f"{ref.trial('demo00').frames[0]:05d}.jpg"
+    Image.open(png).save(png, format="PNG")
+    grey = crops / "demo02" / f"{ref.trial('demo02').frames[3]:05d}.jpg"
+    Image.open(grey).convert("L").save(grey, format="JPEG")
+    odd = crops / "demo03_left" / f"{ref.trial('demo03_left').frames[2]:05d}.jpg"
+    Image.open(odd).resize((80, 60)).save(odd, format="JPEG")
+    for f in (crops / "demo03_right").iterdir():
+        f.unlink()
+    shutil.rmtree(crops / "demo04")
+    out = tmp_path / "prepared"
+    index = prepare.run(DataConfig(root=str(root)), FramesConfig(size=48), out, jobs=1)
+    err = capsys.readouterr().err
+    video00 = next((root / "videos").rglob("demo00.mp4"))
+    n00 = index.videos["demo00"].n_frames
+    expected = [
+        f"warning: {long}: 7 annotation row(s) past the last frame of {video00} ({n00} frames, counted by packets); dropped",
+        f"warning: {png}: not a JPEG (PNG), read anyway",
+        f"warning: {grey}: L crop, not RGB: converted",
+        f"warning: {odd}: 80x60 crop (expected square, >= 48 px): resized to 48x48",
+        f"warning: {crops / 'demo03_right'}: no crop for any of its frames; the trial's frames are black, face all False",
+        f"warning: {crops / 'demo04'}: no such folder; the trial's frames are black, face all False",
+    ]
+    for line in expected:
+        assert line in err.splitlines(), (line, err)
+    assert index.trial("demo00").frames == ref.trial("demo00").frames  # the 7 extra rows are gone
+    assert max(index.trial("demo00").frames) <= n00
+    assert index.trial("demo01").frames == ref.trial("demo01").frames
+    np.testing.assert_array_equal(read_labels(out, ["demo01"])["demo01"], read_labels(prepared, ["demo01"])["demo01"])
+    with FrameReader(out / "frames.h5") as r, FrameReader(prepared / "frames.h5") as before:
+        assert r.face("demo00")[0] and r.face("demo02")[3] and r.face("demo03_left")[2]
+        np.testing.assert_array_equal(r.frames("demo00", 0, 1), before.frames("demo00", 0, 1))  # PNG: same pixels
+        g = r.frames("demo02", 3, 4)[0].astype(int)
+        assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()  # grey, three equal channels
+        for t in ("demo03_right", "demo04"):
+            assert not r.face(t).any() and not r.frames(t).any()
+
+
+def test_a_rerun_writes_the_same_bytes_and_removes_a_stale_index(source, prepared, tmp_path):
+    """Identical input gives byte-identical outputs (no dates inside, so DVC sees no change); a run that fails
+    leaves no index.json behind, even one from an earlier complete run."""
+    out = tmp_path / "prepared"
+    shutil.copytree(prepared, out)
+    prepare.run(DataConfig(root=str(source)), FramesConfig(size=48), out, jobs=1)
+    for f in sorted(prepared.rglob("*")):
+        if f.is_file():
+            assert (out / f.relative_to(prepared)).read_bytes() == f.read_bytes(), f.name
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    next((bad / "videos").rglob("demo01.mp4")).write_bytes(b"\x00" * 5000)
+    with pytest.raises(InputError, match="cannot open video"):
+        prepare.run(DataConfig(root=str(bad)), FramesConfig(size=48), out, jobs=1)
+    assert not (out / "index.json").exists()
+
+
+def _same_files(a: Path, b: Path) -> None:
+    files = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(b) for f in b.rglob("*") if f.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun(source, prepared, tmp_path):
+    """`kill -9` of `python -m pipeline prepare` (its whole process group: the workers die too) at random points:
+    what is left never holds an index.json unless it is complete, and a re-run writes exactly what an uninterrupted
+    run writes (byte for byte)."""
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  root: {source}\nframes:\n  size: 48\n")
+    out = tmp_path / "prepared"
+    cmd = [sys.executable, "-m", "pipeline", "prepare", "--out", str(out), "--params", str(params), "--jobs", "2"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    whole = time.monotonic() - t0
+    _same_files(out, prepared)
+    rng = random.Random(0)
+    killed_early = 0
+    for _ in range(4):
+        shutil.rmtree(out)  # each kill starts from nothing: whatever it leaves comes from this run alone
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(0.1, whole))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (out / "index.json").exists():  # it finished before the kill: then everything is there
+            _same_files(out, prepared)
+        else:
+            killed_early += 1
+        subprocess.run(cmd, check=True, capture_output=True)  # the re-run over what the kill left
+        _same_files(out, prepared)  # temporary files of the killed run are gone too
+    assert killed_early >= 2  # most kills land inside the run

@@ -66,3 +66,15 @@ def test_run_writes_folds_json(make_prepared, tmp_path):
     assert doc["n_folds"] == 4 and doc["scheme"] == "official" and doc["folds"][0] == ["t0", "t1"]
     assert "t9" not in {t for f in doc["folds"] for t in f}
     assert doc["frames"] == [sum(spec[t]["n"] for t in f) for f in doc["folds"]]
+
+
+def test_official_keeps_a_video_split_across_train_and_val_together(capsys):
+    ts = trials()
+    ts = [Trial("v11_left", "train", "v11", 30.0, 507, True, (1,)) if t.name == "v11_left" else t for t in ts]
+    folds = split.make_folds(ts, SplitConfig(n_folds=6, scheme="official", seed=3))
+    assert {"v11_left", "v11_right"} <= set(folds[0])  # together, in the validation fold
+    assert sorted(t for f in folds for t in f) == sorted(t.name for t in ts)
+    assert capsys.readouterr().err.strip() == (
+        "warning: video 'v11' has trials in both Train_Set (v11_left) and Validation_Set (v11_right); "
+        "all of them go to fold 0, the validation fold"
+    )

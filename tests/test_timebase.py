@@ -5,14 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fractions import Fraction
+
 from pipeline.timebase import (
+    Timestamps,
     align_length,
     audio_mask,
     audio_source_rows,
     centred_example_start,
+    frame_span,
+    frame_start,
     frame_times,
     hop_frame,
+    ms_to_samples,
+    n_centred_frames,
     seconds_to_samples,
+    timestamps_from_pts,
+    track_seconds,
 )
 
 
@@ -62,3 +71,53 @@ def test_align_length_pads_and_trims():
     assert align_length(x, 2).shape == (2, 2)
     with pytest.raises(ValueError):
         align_length(x[:0], 2)
+
+
+def test_late_track_frames_before_it_have_no_audio():
+    """Audio starting 0.25 s after the first frame (offset +0.25): frame f at (f - 1) / 10 s reads sample
+    round((t - 0.25) * 16000); frames 1..3 come before the track (no row, -1), 0.5 s of audio covers frames 4..8
+    (t = 0.3 .. 0.7 s -> samples 800 .. 7200), later frames repeat frame 8's row."""
+    t = track_seconds(frame_times(np.arange(1, 11), 10.0), 0.25)
+    np.testing.assert_allclose(t[:4], [-0.25, -0.15, -0.05, 0.05])
+    np.testing.assert_array_equal(seconds_to_samples(t)[3:5], [800, 2400])
+    m = audio_mask(t, n_samples=8000)
+    np.testing.assert_array_equal(m, [0, 0, 0, 1, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(audio_source_rows(m), [-1, -1, -1, 3, 4, 5, 6, 7, 7, 7])
+    # audio starting before the picture (offset -0.5 s): frame 1 reads sample 8000
+    assert seconds_to_samples(track_seconds(frame_times(np.array([1]), 25.0), -0.5)).item() == 8000
+
+
+def test_timestamps_constant_wrong_stated_and_variable_rates():
+    tb = Fraction(1, 15360)
+    # constant 30 fps (512 ticks), in any order (B-frames): the stated rate holds, nothing stored
+    pts = [0, 1024, 512, 1536, 2048]
+    assert timestamps_from_pts(pts, tb, 30.0) == (30.0, None)
+    # a wrong stated rate: the frames' own constant rate wins
+    fps, ts = timestamps_from_pts(pts, tb, 25.0)
+    assert (fps, ts) == (30.0, None)
+    # rounding to a 1 ms clock (29.97 fps in a 1/1000 time base) is still constant rate
+    assert timestamps_from_pts([round(i * 1000 / 29.97) for i in range(300)], Fraction(1, 1000), 29.97)[1] is None
+    # variable: 3 frames at 1/30 s then 2 at 1/24 s (the real pyfeat_face_noface.mov alternates like this)
+    pts = [100, 612, 1124, 1764, 2404]
+    fps, ts = timestamps_from_pts(pts, tb, 26.4)
+    assert ts == Timestamps((1, 15360), ((512, 2), (640, 2)))
+    assert fps == 26.4  # the stated mean rate; without one, (n - 1) / span
+    assert timestamps_from_pts(pts, tb, None)[0] == pytest.approx(4 / (2304 / 15360))
+    np.testing.assert_allclose(ts.seconds(), [0, 512 / 15360, 1024 / 15360, 1664 / 15360, 2304 / 15360])
+    assert ts.n_frames == 5 and Timestamps.from_json(ts.to_json()) == ts
+    # frame numbers index the recorded times
+    np.testing.assert_allclose(frame_times(np.array([2, 5]), fps, ts), [512 / 15360, 2304 / 15360])
+    with pytest.raises(ValueError, match="outside the video's 1..5"):
+        frame_times(np.array([6]), fps, ts)
+    # one frame: the stated rate
+    assert timestamps_from_pts([7], tb, 25.0) == (25.0, None)
+
+
+def test_sample_spans_of_analysis_frames():
+    assert ms_to_samples(25.0) == 400 and ms_to_samples(10.0) == 160
+    assert n_centred_frames(16000, 160) == 101  # librosa center=True: 1 + n // hop
+    # centred frames 0..2 (librosa): window 400 centred on 0, 160, 320 -> samples [-200, 520)
+    assert frame_span(0, 3, 160, 400, centred=True) == (-200, 520)
+    # uncentred VGGish frames 51..146: [8160, 8160 + 95 * 160 + 400)
+    assert frame_span(51, 147, 160, 400, centred=False) == (8160, 23760)
+    np.testing.assert_array_equal(frame_start(np.array([0, 1, 2]), 160, 400, centred=False), [0, 160, 320])

@@ -39,7 +39,7 @@ import torch
 from pipeline.config import DataConfig, DemoConfig, FramesConfig, IResNetConfig, MFCCConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.extractors.audio import AudioSource
-from pipeline.io.prepared import FrameReader, index_to_json, load_index
+from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, Video, index_to_json, load_index
 from pipeline.stages import extract as stage
 
 CONFIGS = {"iresnet": IResNetConfig(), "vggish": VGGishConfig(), "mfcc": MFCCConfig()}
@@ -167,14 +167,10 @@ def _long_prepared(work: Path, minutes: float) -> Path:
         for i in range(0, n, 4096):
             d[i : i + 4096] = rng.integers(0, 256, (min(4096, n - i), size, size, 3), dtype=np.uint8)
         g["face"] = np.ones(n, bool)
-    index = {
-        "format": "va-pipeline-prepared/1", "frames_size": size, "sample_rate": 16000, "missing": "last",
-        "videos": {"long": {"path": "videos/long.mp4", "fps": fps, "n_frames": n, "has_audio": True,
-                            "audio": "audio/long.wav", "audio_seconds": minutes * 60}},
-        "trials": [{"name": "long", "split": "test", "video": "long", "fps": fps, "n_frames": n, "has_audio": True,
-                    "frames": list(range(1, n + 1))}],
-    }
-    (out / "index.json").write_text(json.dumps(index))
+    video = Video("long", "videos/long.mp4", fps, n, True, "audio/long.wav", minutes * 60)
+    trial = Trial("long", "test", "long", fps, n, True, tuple(range(1, n + 1)))
+    index = PreparedIndex(out, size, 16000, {"long": video}, (trial,))
+    (out / "index.json").write_text(json.dumps(index_to_json(index, "last")))
     return out
 
 

@@ -40,7 +40,7 @@ from pipeline import config
 from pipeline.bank import FeatureBank
 from pipeline.devices import amp_dtype, resolve_device
 from pipeline.io.features import FeatureStore
-from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels
+from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels, write_labels
 from pipeline.nn import FusionModel
 from pipeline.timebase import SAMPLE_RATE
 from pipeline.windows import inference_windows, predict, window_starts
@@ -63,7 +63,7 @@ def make_synthetic(
     lengths: list[int] | None = None,
     progress: bool = False,
 ) -> tuple[Path, Path]:
-    """Write ``root/prepared`` (index.json, frames.h5, folds.json) and ``root/features/<name>.zarr`` stores.
+    """Write ``root/prepared`` (index.json, frames.h5, labels.h5, folds.json) and ``root/features/<name>.zarr`` stores.
 
     Labels are smooth latent valence/arousal in (-1, 1); the visual map carries valence (and some arousal) through
     fixed random directions, vggish and mfcc carry arousal, each with Gaussian noise of std ``noise`` and a
@@ -112,8 +112,7 @@ def make_synthetic(
             if t == names[0]:
                 face[:10] = False
             g["face"] = face
-            if split[t] != "test":
-                g["labels"] = labels[t]
+    write_labels(prepared / "labels.h5", {t: labels[t] for t in names if split[t] != "test"})
     index = PreparedIndex(prepared, 8, SAMPLE_RATE, videos, tuple(trials))
     (prepared / "index.json").write_text(json.dumps(index_to_json(index, "last")))
     labelled = [t for t in names if split[t] != "test"]

@@ -22,7 +22,7 @@ import librosa
 import numpy as np
 
 from pipeline.extractors.audio import AudioSource, runs
-from pipeline.timebase import SAMPLE_RATE, hop_frame
+from pipeline.timebase import SAMPLE_RATE, frame_span, hop_frame, ms_to_samples, n_centred_frames
 
 DELTA_WIDTH = 9  # librosa.feature.delta default
 MARGIN = DELTA_WIDTH // 2  # frames either side a delta reads
@@ -41,11 +41,11 @@ class MFCCParams:
 
     @property
     def win(self) -> int:
-        return int(round(self.window_ms * self.sample_rate / 1000))
+        return ms_to_samples(self.window_ms, self.sample_rate)
 
     @property
     def hop(self) -> int:
-        return int(round(self.hop_ms * self.sample_rate / 1000))
+        return ms_to_samples(self.hop_ms, self.sample_rate)
 
     @property
     def dim(self) -> int:
@@ -53,14 +53,13 @@ class MFCCParams:
 
     def n_frames(self, n_samples: int) -> int:
         """Frames of a ``center=True`` analysis of ``n_samples`` samples (librosa: ``1 + n // hop``)."""
-        return 1 + n_samples // self.hop
+        return n_centred_frames(n_samples, self.hop)
 
 
 def _mel_power(audio: AudioSource, lo: int, hi: int, p: MFCCParams) -> np.ndarray:
     """Mel power spectrogram of centred frames ``lo .. hi-1`` (n_mels, hi - lo), exactly as librosa's
     ``center=True`` analysis of the whole track computes those frames (zeros beyond the track)."""
-    half = p.win // 2
-    y = audio.read(lo * p.hop - half, (hi - 1) * p.hop - half + p.win)
+    y = audio.read(*frame_span(lo, hi, p.hop, p.win, centred=True))
     return librosa.feature.melspectrogram(
         y=y, sr=p.sample_rate, n_fft=p.win, hop_length=p.hop, n_mels=p.n_mels, center=False
     )
@@ -76,7 +75,8 @@ def max_mel_power(audio: AudioSource, p: MFCCParams) -> float:
 
 
 def mfcc_at(audio: AudioSource, times: np.ndarray, p: MFCCParams, max_power: float | None = None) -> np.ndarray:
-    """(n,) frame times (within the track) -> (n, 3 * n_mfcc) float32: MFCC, delta, delta-delta."""
+    """(n,) frame times (seconds on the track's timeline, within it) -> (n, 3 * n_mfcc) float32: MFCC, delta,
+    delta-delta."""
     times = np.asarray(times, dtype=np.float64)
     total = p.n_frames(audio.n_samples)
     if max_power is None:

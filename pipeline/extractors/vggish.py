@@ -29,14 +29,21 @@ from torchvggish import mel_features, vggish_params
 from torchvggish.torchvggish import VGG, make_layers
 
 from pipeline.extractors.audio import AudioSource, runs
-from pipeline.timebase import SAMPLE_RATE, centred_example_start
+from pipeline.timebase import (
+    SAMPLE_RATE,
+    centred_example_start,
+    frame_span,
+    frame_start,
+    run_length,
+    seconds_to_samples,
+)
 
 
 @dataclass(frozen=True)
 class InputContract:
     sample_rate: int = vggish_params.SAMPLE_RATE  # 16000, the prepared rate
-    win: int = int(round(vggish_params.SAMPLE_RATE * vggish_params.STFT_WINDOW_LENGTH_SECONDS))  # 400 samples
-    hop: int = int(round(vggish_params.SAMPLE_RATE * vggish_params.STFT_HOP_LENGTH_SECONDS))  # 160 samples
+    win: int = int(seconds_to_samples(vggish_params.STFT_WINDOW_LENGTH_SECONDS, vggish_params.SAMPLE_RATE))  # 400
+    hop: int = int(seconds_to_samples(vggish_params.STFT_HOP_LENGTH_SECONDS, vggish_params.SAMPLE_RATE))  # 160
     n_frames: int = vggish_params.NUM_FRAMES  # 96 log-mel frames per example
     n_bands: int = vggish_params.NUM_BANDS  # 64
     dim: int = vggish_params.EMBEDDING_SIZE  # 128
@@ -48,10 +55,11 @@ MAX_RUN = 4096  # log-mel frames analysed at once (~41 s): bounds memory for lon
 
 
 def example_samples(times: np.ndarray) -> tuple[np.ndarray, int]:
-    """First sample of the example centred nearest each time, and the example length in samples (15 600)."""
+    """First sample of the example centred nearest each time (seconds on the track's timeline), and the example
+    length in samples (15 600)."""
     c = CONTRACT
     k0 = centred_example_start(times, c.hop, c.win, c.n_frames)
-    return k0 * c.hop, (c.n_frames - 1) * c.hop + c.win
+    return frame_start(k0, c.hop, c.win, centred=False), run_length(c.n_frames, c.hop, c.win)
 
 
 @dataclass
@@ -86,7 +94,8 @@ class PackedExamples:
 
 
 def pack_examples(audio: AudioSource, times: np.ndarray) -> PackedExamples:
-    """(n,) frame times in seconds -> the packed examples centred on them (one per time, in order)."""
+    """(n,) frame times (seconds on the track's timeline) -> the packed examples centred on them (one per time, in
+    order)."""
     c = CONTRACT
     times = np.asarray(times, dtype=np.float64)
     k0 = centred_example_start(times, c.hop, c.win, c.n_frames)
@@ -94,10 +103,10 @@ def pack_examples(audio: AudioSource, times: np.ndarray) -> PackedExamples:
     samples, frame_starts, first_frame = [], [], np.empty(len(uniq), dtype=np.int64)
     s_off = f_off = at = 0
     for lo, hi, members in runs(uniq, c.n_frames, MAX_RUN):
-        # log-mel frames lo .. hi-1 cover samples [lo * hop, (hi - 1) * hop + win)
-        seg = audio.read(lo * c.hop, (hi - 1) * c.hop + c.win)
+        start, stop = frame_span(lo, hi, c.hop, c.win, centred=False)  # log-mel frames lo .. hi-1
+        seg = audio.read(start, stop)
         samples.append(seg)
-        frame_starts.append(s_off + np.arange(hi - lo, dtype=np.int64) * c.hop)
+        frame_starts.append(s_off + frame_start(np.arange(lo, hi, dtype=np.int64), c.hop, c.win, centred=False) - start)
         first_frame[at : at + len(members)] = f_off + (members - lo)
         s_off += len(seg)
         f_off += hi - lo

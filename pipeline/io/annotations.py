@@ -3,6 +3,7 @@
 ``annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<trial>.txt``: a header ``valence,arousal`` and
 one row per video frame (row i = frame i, 1-based). ``-5`` marks a frame that was not annotated. A trial's rows are
 those whose valence and arousal are both not -5 (paper, section 3.2); their row numbers are the trial's frames.
+Files are read as UTF-8; a byte order mark and Windows line endings are accepted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.io.names import check_name
 
 SPLIT_DIRS = {"train": "Train_Set", "val": "Validation_Set"}
 ANNOTATION_DIR = Path("annotations") / "VA_Estimation_Challenge"
@@ -31,7 +33,7 @@ def read_annotation(path: str | Path) -> Annotation:
     """Parse one annotation file; any malformed line is an :class:`InputError` naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: drop a byte order mark
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read: {e}") from None
     if not lines or [h.strip().lower() for h in lines[0].split(",")] != ["valence", "arousal"]:
@@ -72,13 +74,19 @@ def annotation_files(root: Path) -> dict[str, list[Path]]:
 
 
 def read_test_list(root: Path) -> list[str]:
-    """Trial names in ``root/test_set.txt`` (one per line, blank lines and ``#`` comments ignored); [] if absent."""
+    """Trial names in ``root/test_set.txt`` (one per line, blank lines and ``#`` comments ignored, a ``.mp4``,
+    ``.avi`` or ``.txt`` suffix dropped); [] if absent. A name with a path in it is an error naming the line."""
     path = root / "test_set.txt"
     if not path.exists():
         return []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read: {e}") from None
     names = []
-    for line in path.read_text().splitlines():
+    for lineno, line in enumerate(lines, start=1):
         line = line.split("#", 1)[0].strip()
         if line:
-            names.append(Path(line).stem if line.endswith((".mp4", ".avi", ".txt")) else line)
+            name = line[: -len(Path(line).suffix)] if line.lower().endswith((".mp4", ".avi", ".txt")) else line
+            names.append(check_name(name, f"{path}:{lineno}: trial name"))
     return names

@@ -1,32 +1,55 @@
 """Video and audio decoding with PyAV (FFmpeg's libraries in the wheel, no system ffmpeg needed).
 
-- :func:`probe_video` opens a file and returns its frame rate, whether it has an audio stream and, when asked, the
-  frame count found by decoding every frame (container metadata is often wrong or absent, e.g. in .avi or VFR files).
-- :func:`decode_audio` decodes the first audio stream to mono float32 at 16 kHz, from any rate, layout and codec.
-- :func:`iter_video_frames` yields RGB frames (used by the demo and by tests).
+- :func:`probe_video` opens a file and returns its frame rate, frame count, the presentation times of its frames
+  (stored only when the rate is not constant), where its first frame sits on the container's clock, and whether it
+  has an audio stream. Frames are counted by demuxing packets (fast: no decoding) or, when asked, by decoding every
+  frame (exact: what a decoder delivers; test videos need that, their submission has one row per decoded frame).
+- :func:`decode_audio_track` decodes the first audio stream to mono float32 at 16 kHz, from any rate, layout and
+  codec, and says when its first sample is heard (the stream's own start, after the decoder has dropped encoder
+  priming); :func:`decode_audio` returns the samples alone.
+- :func:`iter_video_frames` yields decoded RGB frames (the tests build crops from real videos with it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.timebase import SAMPLE_RATE
+from pipeline.io.names import check_name
+from pipeline.timebase import SAMPLE_RATE, Timestamps, timestamps_from_pts
 
 VIDEO_SUFFIXES = (".mp4", ".avi")
+RATE_MISMATCH = 0.01  # relative difference between stated and timestamp frame rates that earns a warning
+# A hole (or overlap) in the audio's timestamps longer than this is filled with silence (or dropped): a quarter of a
+# frame at 25 fps; shorter ones are timestamp rounding. The comparison is with all samples so far, so drift that
+# accumulates is corrected once it reaches it.
+GAP_TOLERANCE_S = 0.01
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
-    fps: float
-    n_frames: int | None  # decoded frame count, or None when not counted
+    fps: float  # frames per second: the constant rate, or the mean rate of a variable-rate video
+    n_frames: int  # frames counted as `counted_by` says
+    counted_by: Literal["decoding", "packets"]
     has_audio: bool
+    start: float  # seconds: presentation time of the first frame on the container's clock (the video timeline's 0)
+    timestamps: Timestamps | None = None  # presentation times when the rate is not constant, else None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    samples: np.ndarray  # float32 (n,) mono at 16 kHz
+    start: float  # seconds on the container's clock at which samples[0] is heard
+    warnings: tuple[str, ...] = ()
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -36,56 +59,152 @@ def _open(path: Path) -> av.container.InputContainer:
         raise InputError(f"{path}: cannot open video: {e}") from None
 
 
+def _demux_pts(c: av.container.InputContainer, vs: av.video.stream.VideoStream) -> tuple[list[int | None], int, bool]:
+    """Presentation timestamps of the video packets a decoder would show, the number of packets read, and whether a
+    frame decoded.
+
+    Empty packets (the demuxer's end marker, AVI's dropped-frame placeholders) and packets an edit list discards are
+    not frames. The first packets are also decoded until a frame comes out: an annotated trial needs a usable video."""
+    pts: list[int | None] = []
+    n_read, decoded = 0, False
+    for pkt in c.demux(vs):
+        if not pkt.size:
+            continue
+        n_read += 1
+        if not decoded:
+            decoded = bool(vs.decode(pkt))
+        if not pkt.is_discard:
+            pts.append(pkt.pts if pkt.pts is not None else pkt.dts)
+    if not decoded and n_read:
+        decoded = bool(vs.decode(None))  # flush: a decoder with delay may hold the first frame back
+    return pts, n_read, decoded
+
+
 def probe_video(path: str | Path, count_frames: bool = False) -> VideoInfo:
-    """Frame rate (frames per second) and audio presence of ``path``; with ``count_frames`` also the number of
-    frames, counted by decoding them all. A file without a decodable video stream is an :class:`InputError`."""
+    """Frame rate, frame count, frame times and audio presence of ``path``.
+
+    ``count_frames=False`` counts the video packets (about 50 000 per second here, against 200-900 decoded frames);
+    ``True`` decodes every frame and counts what the decoder delivers. Either way the first frame is decoded, so an
+    undecodable stream is an :class:`InputError`, as are a file without a video stream or without frames. A count
+    below what the container lists (a truncated file) and a stated frame rate that disagrees with the frames'
+    timestamps are warnings (``VideoInfo.warnings``); the timestamps win."""
     path = Path(path)
+    warnings: list[str] = []
     with _open(path) as c:
         if not c.streams.video:
             raise InputError(f"{path}: no video stream")
         vs = c.streams.video[0]
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
-        if not rate or float(rate) <= 0:
-            raise InputError(f"{path}: video stream has no frame rate")
+        stated = float(rate) if rate and float(rate) > 0 else None
+        listed = int(vs.frames or 0)
+        tb = vs.time_base
         has_audio = bool(c.streams.audio)
-        n = None
         vs.thread_type = "AUTO"
         try:
             if count_frames:
-                n = sum(1 for _ in c.decode(vs))
-            else:  # still prove that a frame decodes: an annotated trial needs a usable video
-                next(iter(c.decode(vs)))
-        except StopIteration:
-            raise InputError(f"{path}: video stream has no frames") from None
+                pts: list[int | None] = [f.pts for f in c.decode(vs)]
+                n_read, decoded = len(pts), bool(pts)
+            else:
+                pts, n_read, decoded = _demux_pts(c, vs)
         except av.error.FFmpegError as e:
             raise InputError(f"{path}: cannot decode video: {e}") from None
-        if count_frames and not n:
-            raise InputError(f"{path}: video stream has no frames")
-    return VideoInfo(path, float(rate), n, has_audio)
+    if not pts or not decoded:
+        raise InputError(f"{path}: no decodable video frames")
+    if listed and n_read < listed:
+        warnings.append(
+            f"warning: {path}: the container lists {listed} frames but {n_read} could be read "
+            f"(a truncated file?); counting {len(pts)}"
+        )
+    if any(p is None for p in pts) or tb is None:  # no timestamps at all: the stated rate is all there is
+        if stated is None:
+            raise InputError(f"{path}: video stream has neither timestamps nor a frame rate")
+        return VideoInfo(path, stated, len(pts), "decoding" if count_frames else "packets", has_audio, 0.0, None, tuple(warnings))
+    try:
+        fps, timestamps = timestamps_from_pts(pts, Fraction(tb), stated)
+    except ValueError:
+        raise InputError(f"{path}: video stream has no frame rate") from None
+    if timestamps is None and stated and abs(fps - stated) > RATE_MISMATCH * fps:
+        warnings.append(
+            f"warning: {path}: the container states {stated:.3f} fps, the frames' timestamps {fps:.3f} fps; "
+            "using the timestamps"
+        )
+    start = float(min(pts) * tb)
+    return VideoInfo(
+        path, fps, len(pts), "decoding" if count_frames else "packets", has_audio, start, timestamps, tuple(warnings)
+    )
 
 
-def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
-    """The first audio stream of ``path`` as float32 (n_samples,) mono at ``sample_rate`` Hz; None if the file has
-    no audio stream. Channels are averaged (not FFmpeg's downmix, which scales a stereo pair by 1/sqrt(2) each);
-    the rate is converted by FFmpeg's resampler."""
+class _TrackAssembler:
+    """Resampled chunks -> one track whose sample k is heard at ``start + k / sample_rate``: a chunk whose timestamp
+    lies more than :data:`GAP_TOLERANCE_S` after the samples so far (packets missing from the file) is preceded by
+    silence; one that overlaps them by as much loses the overlap. Without timestamps chunks are simply joined."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.rate = sample_rate
+        self.chunks: list[np.ndarray] = []
+        self.n = 0  # samples so far
+        self.first: int | None = None  # timestamp (in samples) of sample 0
+        self.filled = self.dropped = 0  # samples of silence inserted, samples dropped
+
+    def add(self, frame: av.AudioFrame) -> None:
+        x = frame.to_ndarray().mean(axis=0)  # (channels, n) -> (n,): the channels' mean
+        if frame.pts is not None and frame.time_base == Fraction(1, self.rate):
+            if self.first is None:
+                self.first = frame.pts
+            gap = frame.pts - (self.first + self.n)
+            if gap > GAP_TOLERANCE_S * self.rate:
+                self.chunks.append(np.zeros(gap, dtype=np.float32))
+                self.n += gap
+                self.filled += gap
+            elif -gap > GAP_TOLERANCE_S * self.rate:
+                self.dropped += min(-gap, len(x))
+                x = x[-gap:]
+        self.chunks.append(x)
+        self.n += len(x)
+
+
+def decode_audio_track(path: str | Path, sample_rate: int = SAMPLE_RATE) -> AudioTrack | None:
+    """The first audio stream of ``path`` as float32 (n_samples,) mono at ``sample_rate`` Hz with the time of its
+    first sample; None if the file has no audio stream. Channels are averaged (not FFmpeg's downmix, which scales a
+    stereo pair by 1/sqrt(2) each); the rate is converted by FFmpeg's resampler, whose output keeps the input's
+    timestamps. ``start`` is the first decoded sample's timestamp: FFmpeg has already applied the container's edit
+    list and dropped AAC encoder priming, so a track muxed to start at 0 starts at 0 (tests/test_media.py). Holes in
+    the timestamps (missing packets) are filled with silence, overlaps dropped, with a warning: later samples stay
+    at their time."""
     path = Path(path)
     with _open(path) as c:
         if not c.streams.audio:
             return None
         stream = c.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: (channels, n) per frame
-        chunks: list[np.ndarray] = []
+        track = _TrackAssembler(sample_rate)
+        start: float | None = None
         try:
             for frame in c.decode(stream):
+                if start is None and frame.pts is not None and frame.time_base is not None:
+                    start = float(frame.pts * frame.time_base)
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().mean(axis=0))
+                    track.add(out)
             for out in resampler.resample(None):  # flush the resampler's delay line
-                chunks.append(out.to_ndarray().mean(axis=0))
+                track.add(out)
         except av.error.FFmpegError as e:
             raise InputError(f"{path}: cannot decode audio: {e}") from None
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+        if start is None:  # no frame timestamps: the stream's own start, else the container's zero
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    warnings = []
+    if track.filled or track.dropped:
+        warnings.append(
+            f"warning: {path}: the audio's timestamps have holes or overlaps: {track.filled / sample_rate:.3f} s of "
+            f"silence inserted, {track.dropped / sample_rate:.3f} s of overlap dropped, to keep it in time"
+        )
+    samples = np.concatenate(track.chunks).astype(np.float32, copy=False) if track.chunks else np.zeros(0, np.float32)
+    return AudioTrack(samples, start, tuple(warnings))
+
+
+def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
+    """The samples of :func:`decode_audio_track` (float32 (n,) mono), or None without an audio stream."""
+    track = decode_audio_track(path, sample_rate)
+    return None if track is None else track.samples
 
 
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
@@ -99,12 +218,14 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
 
 
 def find_videos(videos_dir: Path) -> dict[str, Path]:
-    """``{stem: path}`` of every .mp4/.avi at any depth under ``videos_dir``; a stem found twice is an error."""
+    """``{stem: path}`` of every .mp4/.avi at any depth under ``videos_dir``; a stem found twice, or one that could
+    not be a file name of its own (``.``, ``..``), is an error."""
     found: dict[str, Path] = {}
     if not videos_dir.is_dir():
         return found
     for p in sorted(videos_dir.rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
+            check_name(p.stem, f"{p}: video name")
             if p.stem in found:
                 raise InputError(f"{p}: video name {p.stem!r} also used by {found[p.stem]}")
             found[p.stem] = p

@@ -2,17 +2,20 @@
 
 The driver around an extractor (pipeline/extractors): which trials, in what batches, on which device, and writing.
 
-- Trials come from ``index.json``; every trial gets N rows, one per frame of ``frames`` (frame ``f`` at
-  ``(f - 1) / fps`` s). ``iresnet`` reads the crops of ``frames.h5``, mask = ``face``. The audio extractors read
-  ``audio/<video>.wav`` around each frame time, mask = the video has audio and the frame time lies within the track;
-  frames past the end of a short track repeat the last row (paper 3.2), a video without audio gives zero rows.
+- Trials come from ``index.json``; every trial gets N rows, one per frame of ``frames`` (at ``Trial.times`` on the
+  video timeline). ``iresnet`` reads the crops of ``frames.h5``, mask = ``face``. The audio extractors read
+  ``audio/<video>.wav`` around each frame time moved onto the track by the video's ``audio_offset``
+  (pipeline/timebase.py), mask = the video has audio and the frame is heard within the track; frames past the end of
+  a short track repeat the last row (paper 3.2), frames before a late-starting track and a video without audio give
+  zero rows.
 - Batches cross trial boundaries: a batch is a list of pieces ``(trial, lo, hi)`` filled to ``batch`` frames.
 - Three threads overlap: a reader prepares batch inputs (HDF5 reads, log-mel slicing) ahead of the model, the main
   thread runs the model (``torch.inference_mode``; on CUDA with float16 autocast, channels-last and pinned memory),
   and a writer appends rows to the store. Memory: a few batches plus one chunk per store bucket.
 - Resuming: only incomplete trials of this ``--shard i/n`` run, each from its first row not on disk. The store's
-  fingerprint (extractor parameters, weights digest, code version, prepared inputs) decides whether an existing
-  store is resumed or rebuilt, which is what dvc.yaml's ``persist: true`` relies on.
+  fingerprint (extractor parameters, weights digest, code version, digests of the prepared inputs that decide its
+  rows) decides whether an existing store is resumed or rebuilt, which is what dvc.yaml's ``persist: true`` relies
+  on.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import provenance
 from pipeline.extractors import Extractor, build, code_version
 from pipeline.extractors.audio import AudioSource
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, load_index
-from pipeline.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, frame_times
+from pipeline.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, track_seconds
 
 PREFETCH = 3  # batches prepared ahead of the model
 # Python's thread switch interval during a CUDA run (default 5 ms). The thread that launches GPU work holds the
@@ -134,9 +138,10 @@ class Inputs:
         return self._face_of[1]
 
     def timing(self, t: Trial, n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per trial: frame times (N,), audio mask (N,), audio source row (N,) (see pipeline.timebase)."""
+        """Per trial: frame times on the WAV's timeline (N,), audio mask (N,), audio source row (N,) (see
+        pipeline.timebase)."""
         if t.name not in self._timing:
-            times = frame_times(t.frame_numbers, t.fps)
+            times = track_seconds(t.times, self.index.videos[t.video].audio_offset)
             mask = audio_mask(times, n_samples)
             self._timing = {t.name: (times, mask, audio_source_rows(mask))}  # one trial at a time is enough
         return self._timing[t.name]
@@ -186,20 +191,22 @@ class Inputs:
 
 
 def fingerprint(ex: Extractor, index: PreparedIndex) -> dict[str, Any]:
-    """Everything that decides the rows: extractor parameters, weights digest, code version, prepared inputs
-    (index.json's digest; size and mtime of frames.h5 or of each audio file the store reads)."""
-    root = index.root
-
-    def stat(p: Path) -> list[int]:
-        s = p.stat()
-        return [s.st_size, s.st_mtime_ns]
-
-    inputs: dict[str, Any] = {"index.json": hashlib.sha256((root / "index.json").read_bytes()).hexdigest()}
+    """Everything that decides the rows: extractor parameters, weights digest, code version, and the digests `prepare`
+    recorded of exactly the inputs this store reads, never file dates (a ``dvc checkout`` or a copy rebuilds nothing):
+    ``frames`` stores take each trial's ``frames_sha256``; ``audio`` stores take each trial's frame times and video,
+    and each video's ``audio_sha256`` and ``audio_offset``. So new audio leaves the iresnet store alone, and new
+    crops the audio stores. (Trial names and row counts are in the store's layout, which is compared as well.)"""
     if ex.kind == "frames":
-        inputs["frames.h5"] = stat(root / "frames.h5")
+        inputs: dict[str, Any] = {"frames": {t.name: t.frames_sha256 for t in index.trials}}
     else:
-        inputs["audio"] = {
-            v: stat(root / vid.audio) for v, vid in sorted(index.videos.items()) if vid.has_audio and vid.audio
+        inputs = {
+            "trials": {
+                t.name: [t.video, hashlib.sha256(np.ascontiguousarray(t.times, dtype="<f8").data).hexdigest()]
+                for t in index.trials
+            },
+            "audio": {
+                v: [vid.audio_sha256, vid.audio_offset] if vid.has_audio else None for v, vid in sorted(index.videos.items())
+            },
         }
     return {
         "extractor": ex.name,
@@ -231,6 +238,7 @@ def open_store(ex: Extractor, index: PreparedIndex, out: Path) -> FeatureStore:
             "mask": mask_doc,
             "precision": ex.precision,
             "sample_rate": SAMPLE_RATE,
+            "provenance": provenance.record(),  # not in the fingerprint: a new commit alone rebuilds nothing
         },
     )
 

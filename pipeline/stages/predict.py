@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline import checkpoint
 from pipeline.bank import FeatureBank

@@ -3,7 +3,8 @@
 - Trials are grouped by video, so ``<video>_left`` and ``<video>_right`` always land in the same fold (the same
   face and voice on both sides of a split would leak).
 - ``official``: fold 0 is the official validation set; the training set's videos are cut into folds 1..n-1
-  (Su Zhang's rotation: each fold in turn validates, the official split is the first one).
+  (Su Zhang's rotation: each fold in turn validates, the official split is the first one). A video with trials in
+  both Train_Set and Validation_Set (one person in each) goes to fold 0 whole, with a warning naming it.
 - ``random``: all videos are shuffled and cut into n folds.
 - Within a scheme, videos are shuffled with ``split.seed`` and dealt, in that order, to the fold with the fewest
   frames so far: folds differ in size by at most one video's frames, and the seed decides which videos meet.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +22,10 @@ import numpy as np
 from pipeline.config import SplitConfig
 from pipeline.errors import InputError
 from pipeline.io.prepared import Trial, load_index
+
+
+def _names(trials: list[Trial]) -> str:
+    return ", ".join(t.name for t in trials)
 
 
 def deal(groups: dict[str, list[Trial]], n: int, seed: int) -> list[list[str]]:
@@ -52,9 +58,13 @@ def make_folds(trials: list[Trial], cfg: SplitConfig) -> list[list[str]]:
         train = by_video(("train",))
         if not val:
             raise InputError("split.scheme official needs validation trials (annotations/.../Validation_Set)")
-        shared = set(val) & set(train)
-        if shared:
-            raise InputError(f"video {sorted(shared)[0]!r} has trials in both Train_Set and Validation_Set")
+        for v in sorted(set(val) & set(train)):  # the same face or voice on both sides of a split would leak
+            print(
+                f"warning: video {v!r} has trials in both Train_Set ({_names(train[v])}) and Validation_Set "
+                f"({_names(val[v])}); all of them go to fold 0, the validation fold",
+                file=sys.stderr,
+            )
+            val[v] = val[v] + train.pop(v)
         val_fold = sorted(t.name for g in val.values() for t in g)
         return [val_fold] + deal(train, cfg.n_folds - 1, cfg.seed)
     return deal(by_video(("train", "val")), cfg.n_folds, cfg.seed)
