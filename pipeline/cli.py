@@ -58,12 +58,27 @@ def parse_shard(value: str) -> tuple[int, int]:
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="where to write the demo dataset")] = Path("data/demo"),
+    crops: Annotated[bool, typer.Option(help="write cropped_aligned/ (--no-crops: a dataset for `crop` to detect)")] = True,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Generate the demo dataset (Aff-Wild2 layout) from params `demo`."""
     from pipeline.stages import demo as stage
 
-    stage.run(config.section("demo", params), out)
+    stage.run(config.section("demo", params), out, crops=crops)
+
+
+@app.command()
+@user_errors
+def crop(
+    out: Annotated[Path, typer.Option(help="summary to write (per trial: frames, frames with a face)")] = Path("data/crops.json"),
+    jobs: Annotated[int, typer.Option(help="videos processed at once (0 = one per core)")] = 0,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Detect, align and track faces into <data.root>/cropped_aligned/ (params data.crops: detect)."""
+    from pipeline.stages import crop as stage
+
+    raw = config.read_params(params)
+    stage.run(config.section("data", params, raw), config.section("faces", params, raw), out, jobs=jobs)
 
 
 @app.command()
@@ -216,6 +231,35 @@ def ablation(
         stage.report(sys.stdout)
     else:
         stage.queue(start=run, jobs=jobs)
+
+
+@app.command()
+@user_errors
+def analyze(
+    videos: Annotated[list[Path], typer.Argument(help="video files (any container and codec FFmpeg decodes)")],
+    models: Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="folder for <stem>.csv and <stem>.png")] = Path("results"),
+    all_faces: Annotated[bool, typer.Option("--all-faces", help="one CSV and PNG per face track (<stem>_face<k>)")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    work: Annotated[Path | None, typer.Option(help="keep the intermediate dataset, prepared data and features here")] = None,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Per-frame valence and arousal of any video with the trained folds: <out>/<stem>.csv and .png."""
+    from pipeline import analyze as command
+
+    raw = config.read_params(params)
+    command.run(
+        videos,
+        models,
+        out,
+        config.section("frames", params, raw),
+        config.section("features", params, raw),
+        config.section("faces", params, raw),
+        config.section("postprocess", params, raw),
+        all_faces=all_faces,
+        device=device,
+        work=work,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
