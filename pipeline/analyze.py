@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,7 @@ def run(
     temporary folder, deleted afterwards)."""
     from pipeline.stages import extract, predict, prepare
 
+    clock = Clock()
     videos = [Path(v) for v in videos]
     for v in videos:
         if not v.is_file():
@@ -280,6 +282,7 @@ def run(
     fold_models = load_models(models)
     extractors = {m: build(m, getattr(features_cfg, m), frames_cfg.size, device) for m in fold_models.modalities}
     check_extractors(fold_models, extractors)
+    clock.lap("setup")
     for note in fold_models.notes:
         print(f"warning: {models}: {note}: the values say nothing about real affect", file=sys.stderr)
     out = Path(out)
@@ -293,12 +296,16 @@ def run(
         if root.exists():
             shutil.rmtree(root)
         results = build_dataset(videos, root, faces_cfg, all_faces, detector, progress)
+        clock.lap("faces")
         prepared, features = base / "prepared", base / "features"
         index = prepare.run(DataConfig(root=str(root)), frames_cfg, prepared, jobs=jobs)
+        clock.lap("prepare")
         for m, ex in extractors.items():
             extract.run(m, getattr(features_cfg, m), prepared, features / f"{m}.zarr", device=device, extractor=ex, progress=progress)
+            clock.lap(f"extract_{m}")
         split = SplitConfig(n_folds=max(2, max(fold_models.folds) + 1), folds=fold_models.folds)
         preds = predict.run(split, post_cfg, models, prepared, features, base / "predictions.txt", device=device)
+        clock.lap("predict")
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -319,4 +326,25 @@ def run(
             plot(out / f"{trial}.png", r.faces.times, preds[trial], face, title)
             written[trial] = out / f"{trial}.csv"
             print(f"analyze: {out / trial}.csv, .png ({n} frames, {int(face.sum())} with a face)")
+    clock.lap("outputs")
+    n = sum(r.faces.n_frames for r in results.values())
+    print(json.dumps({"analyze": len(results), "frames": n, "seconds": clock.total, "frames_per_s": round(n / clock.total, 1),
+                      "phases_s": clock.laps}))
     return written
+
+
+class Clock:
+    """Seconds per phase of the command, for its closing JSON line."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.last, 2)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return round(self.last - self.start, 2)

@@ -307,5 +307,21 @@ def bench_scan(
     bench.run(work, files=files, baseline=baseline)
 
 
+@bench_app.command("analyze")
+@user_errors
+def bench_analyze(
+    video: Annotated[Path, typer.Option(help="a real video (default: a 640x360 talking face from ../shared/realmedia)")] = Path(
+        "../shared/realmedia/videos/pyfeat_WolfgangLanger_Pexels.mp4"
+    ),
+    work: Annotated[Path, typer.Option(help="scratch folder (synthetic models, results)")] = Path("data/bench-analyze"),
+    models: Annotated[Path | None, typer.Option(help="trained models to use (default: small synthetic ones)")] = None,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Frames/s of face detection + alignment and of the whole analyze command on a video, one JSON line."""
+    from pipeline.bench import analyze as bench
+
+    bench.run(video, work, models=models, params=params)
+
+
 def main() -> None:  # console-script entry point
     app()
