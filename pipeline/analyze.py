@@ -185,6 +185,9 @@ def build_dataset(
         else:
             trials = assign_trials(faces, stem, [stem], cfg)
         publish(root / "work" / stem, trials, root / "cropped_aligned")
+        for t in trials:  # prepare finds a trial's video by its name: <stem>_face<k> gets its own link
+            if t != stem:
+                (root / "videos" / link_name(path.with_name(t + path.suffix))).symlink_to(path.resolve())
         results[stem] = VideoResult(path, faces, trials)
     shutil.rmtree(root / "work", ignore_errors=True)
     (root / "test_set.txt").write_text("".join(f"{t}\n" for r in results.values() for t in r.trials))
@@ -313,8 +316,9 @@ def run(
     written: dict[str, Path] = {}
     for stem, r in results.items():
         n = r.faces.n_frames
-        if index.videos[stem].n_frames != n:
-            raise InputError(f"{r.path}: decoded {n} frames for the faces but {index.videos[stem].n_frames} in prepare")
+        counted = {index.videos[index.trial(t).video].n_frames for t in r.trials}
+        if counted != {n}:  # the same decoder counts both: a difference would misplace every row
+            raise InputError(f"{r.path}: decoded {n} frames for the faces but {sorted(counted)} in prepare")
         if not any(t is not None for t in r.trials.values()):
             print(f"warning: {r.path}: no face found in {n} frames; face is 0 in every row", file=sys.stderr)
         for trial, track in r.trials.items():
