@@ -145,3 +145,21 @@ def test_faces_on_a_short_talking_face_video(realmedia):
 def test_faces_on_95_percent_of_every_talking_face_video(realmedia, video):
     found = found_per_frame(realmedia / video)
     assert found.mean() >= 0.95, f"{video}: faces on {found.mean():.3f} of {len(found)} frames"
+
+
+@pytest.mark.realmedia
+def test_following_between_detections_finds_the_same_faces_as_detecting_every_frame(realmedia):
+    """detect_every 5 (the default) against the full cascade on every frame: same frames with a face, eyes within
+    5 % of the inter-ocular distance on average (``bench analyze`` reports both modes' speed)."""
+    path = realmedia / "videos" / "pyfeat_single_face.mp4"
+    runs = {}
+    for k in (1, 5):
+        cfg = FacesConfig(detect_every=k)
+        runs[k] = follow_video(path, cfg, M.MTCNN(cfg.min_face, cfg.thresholds, cfg.backend))
+    main = {k: v.ranked()[0] for k, v in runs.items()}
+    assert main[1].frames == main[5].frames == list(range(runs[1].n_frames))
+    a, b = np.array(main[5].landmarks), np.array(main[1].landmarks)  # (n, 5, 2)
+    eye = np.linalg.norm(a[:, :2] - b[:, :2], axis=2).mean(axis=1)
+    iod = np.linalg.norm(b[:, 0] - b[:, 1], axis=1)
+    assert (eye / iod).mean() < 0.05, (eye / iod).round(3)
+    assert (eye[::5] == 0).all()  # detection frames agree exactly

@@ -7,8 +7,10 @@
   the shares of frames with a face, and ``eye_px`` / ``eye_iod`` the mean distance between the eyes the two modes
   give on the same frames (pixels, and over the inter-ocular distance): whether following between detections is
   "equal and faster".
+- ``faces_fps_opencv`` (or ``_onnxruntime``): the same with the other runtime for the ONNX nets.
 - ``analyze_fps``: ``python -m pipeline analyze VIDEO`` as a user runs it (a new process: imports, networks built,
-  faces, prepare, extract, predict, CSV and PNG), decoded frames over wall-clock seconds; ``analyze_s`` the seconds.
+  faces, prepare, extract, predict, CSV and PNG), decoded frames over wall-clock seconds; ``analyze_s`` the seconds
+  and ``phases_s`` where they went (the command's own closing line; imports and start-up are the difference).
 
 Models: ``--models`` (whose recorded extractors must match params) or, by default, small fusion models trained for
 one epoch on synthetic features (:func:`make_models`, random-init extractors): speed does not depend on what the
@@ -66,9 +68,11 @@ def make_models(root: Path, params: Path = config.DEFAULT_PARAMS, folds: int = 2
     return models
 
 
-def faces_rate(frames: list[np.ndarray], cfg: config.FacesConfig, detect_every: int) -> tuple[float, list]:
+def faces_rate(
+    frames: list[np.ndarray], cfg: config.FacesConfig, detect_every: int, backend: str | None = None
+) -> tuple[float, list]:
     """(frames/s of detection + tracking + alignment, per frame the main face's (5, 2) landmarks or None)."""
-    detector = MTCNN(cfg.min_face, cfg.thresholds, cfg.backend, threads=1)
+    detector = MTCNN(cfg.min_face, cfg.thresholds, backend or cfg.backend, threads=1)
     follower = FaceFollower(detector, detect_every, IoUTracker(cfg.iou))
     follower.step(frames[0])  # warm-up: the first inference builds the sessions' kernels
     follower = FaceFollower(detector, detect_every, IoUTracker(cfg.iou))
@@ -96,6 +100,8 @@ def run(video: Path, work: Path, models: Path | None = None, params: Path = conf
     h, w = frames[0].shape[:2]
     fast, marks = faces_rate(frames, cfg, cfg.detect_every)
     full, marks_full = faces_rate(frames, cfg, 1)
+    other = "opencv" if cfg.backend == "onnxruntime" else "onnxruntime"
+    other_fps, _ = faces_rate(frames, cfg, cfg.detect_every, other)
     both = [(a, b) for a, b in zip(marks, marks_full) if a is not None and b is not None]
     eye = [np.linalg.norm(a[:2] - b[:2], axis=1).mean() for a, b in both]
     iod = [np.linalg.norm(b[0] - b[1]) for _, b in both]
@@ -126,8 +132,10 @@ def run(video: Path, work: Path, models: Path | None = None, params: Path = conf
         "eye_px": round(float(np.mean(eye)), 2) if eye else None,
         "eye_iod": round(float(np.mean(np.array(eye) / np.array(iod))), 4) if eye else None,
         "backend": cfg.backend,
+        f"faces_fps_{other}": round(other_fps, 1),
         "analyze_fps": round(len(frames) / secs, 1),
         "analyze_s": round(secs, 2),
+        "phases_s": json.loads(p.stdout.strip().splitlines()[-1]).get("phases_s"),
         "models": label,
         "cpus": len(os.sched_getaffinity(0)),
     }
