@@ -69,10 +69,10 @@ class SplitConfig:
 class FacesConfig:
     # smallest face: a fraction of the frame's shorter side (< 1) or pixels (>= 1); never below 20 px
     min_face: float = Field(0.1, gt=0)
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # P-, R-, O-net face probabilities
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-net face probabilities (FaceNet's)
     detect_every: int = Field(5, ge=1)  # full detection every k frames, O-net tracking in between (1 = every frame)
     iou: float = Field(0.3, gt=0, le=1)  # least IoU between a face and its track's last box
-    max_gap: float = Field(0.5, ge=0)  # seconds a track may go without a face and continue
+    max_gap: float = Field(1.0, ge=0)  # seconds a track may go without a face and continue
     min_track: float = Field(0.2, ge=0)  # seconds: shorter tracks are ignored
     backend: Literal["onnxruntime", "opencv"] = "onnxruntime"  # what runs the ONNX nets
     jpeg_quality: int = Field(95, ge=1, le=100)

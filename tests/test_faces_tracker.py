@@ -61,6 +61,7 @@ def test_recent_lists_tracks_matched_in_the_latest_frame_and_reset_restarts_ids(
 
 
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_ids_are_one_per_box(n):
+def test_ids_are_one_per_box_and_distinct(n):
     tr = IoUTracker()
-    assert tr.update(np.array([box(100 * i, 0) for i in range(n)]).reshape(-1, 4)).shape == (n,)
+    ids = tr.update(np.array([box(100 * i, 0) for i in range(n)]).reshape(-1, 4))
+    assert ids.shape == (n,) and len(set(ids.tolist())) == n
