@@ -23,7 +23,7 @@ from pipeline.cli import app
 from pipeline.config import FacesConfig, FeaturesConfig, FramesConfig, IResNetConfig, PostprocessConfig
 from pipeline.errors import InputError
 from pipeline.faces.video import decode
-from tests.test_crop import write_video
+from test_crop import write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
 

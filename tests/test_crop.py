@@ -181,7 +181,7 @@ def test_demo_without_crops_has_the_same_videos_and_labels(tmp_path):
 @pytest.mark.slow
 def test_dvc_repro_on_the_demo_without_crops(tmp_path_factory):
     """The demo generated without crops, `data.crops: detect`: `dvc repro` runs crop, scan, prepare ... predict."""
-    from tests.test_e2e import SMALL, ROOT, merge, sh
+    from test_e2e import ROOT, SMALL, merge, sh
 
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
