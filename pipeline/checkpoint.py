@@ -10,6 +10,7 @@ Saved with plain tensors and JSON-like values only, so :func:`load` uses ``torch
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,26 +70,40 @@ def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dic
     return model, Normaliser.from_state(ckpt["norm"]), ckpt
 
 
-def check_features(path: Path, ckpt: Mapping[str, Any], stores: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse features that differ from those the checkpoint at ``path`` was trained on. ``stores`` maps each
-    modality to the attributes of the store (or of the extractor) that would feed the model."""
-    trained = ckpt.get("features", {})
+def check_features(
+    path: Path, ckpt: Mapping[str, Any], have: Mapping[str, Mapping[str, Any]], where: str = "features/{m}.zarr"
+) -> None:
+    """Refuse features that differ from those the checkpoint at ``path`` was trained on. ``have`` maps each modality
+    to the record of what would feed the model (a store's attributes, or an extractor's: ``extractor``,
+    ``weights``, ``parameters``, ``row_shape``); ``where`` names its source in messages (``{m}``: the modality)."""
+    trained = ckpt.get("features") or {}
     for m, shape in ckpt["row_shapes"].items():
-        if m not in stores:
+        if m not in have:
             raise InputError(f"{path}: the model needs {m!r} features, which are not available")
-        have = stores[m]
-        got_shape = list(have.get("row_shape", shape))
-        if got_shape != list(shape):
-            raise InputError(f"{path}: {m!r} rows of shape {got_shape}, but the model was trained on {list(shape)}")
-        for k in FEATURE_KEYS:
-            want = trained.get(m, {}).get(k)
-            if want is not None and have.get(k) != want:
+        mine, want = _plain(have[m]), _plain(trained.get(m) or {})
+        src = where.format(m=m)
+        if want.get("extractor") is not None and mine.get("extractor") != want["extractor"]:
+            raise InputError(f"{path}: {m}: trained on extractor {want['extractor']!r}, {src} has {mine.get('extractor')!r}")
+        if want.get("weights") is not None and mine.get("weights") != want["weights"]:
+            raise InputError(
+                f"{path}: {m}: trained on features from weights {want['weights']}, {src} has {mine.get('weights')}; "
+                f"use the weights the models were trained with (features.{m}.weights)"
+            )
+        if want.get("parameters") is not None:
+            p_want, p_mine = want["parameters"], mine.get("parameters") or {}
+            diff = sorted(k for k in set(p_want) | set(p_mine) if p_want.get(k) != p_mine.get(k))
+            if diff:
+                d = diff[0]
+                more = f"; also {', '.join(diff[1:])}" if len(diff) > 1 else ""
                 raise InputError(
-                    f"{path}: {m!r} features differ from those the model was trained on: {k} is {_short(have.get(k))}, "
-                    f"the model expects {_short(want)}"
+                    f"{path}: {m}: extractor parameter {d!r} is {p_want.get(d)!r} in training, {p_mine.get(d)!r} in "
+                    f"{src}{more}"
                 )
+        got_shape = mine.get("row_shape", list(shape))
+        if list(got_shape) != list(shape):
+            raise InputError(f"{path}: {m}: rows of shape {list(got_shape)} in {src}, but the model was trained on {list(shape)}")
 
 
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."
+def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as JSON would give it back (tuples as lists), so stores, extractors and checkpoints compare."""
+    return json.loads(json.dumps(dict(record)))

@@ -59,13 +59,29 @@ def parse_shard(value: str) -> tuple[int, int]:
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="where to write the demo dataset")] = Path("data/demo"),
+    crops: Annotated[bool, typer.Option(help="write cropped_aligned/ (--no-crops: a dataset for `crop` to detect)")] = True,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Generate the demo dataset (Aff-Wild2 layout) from params `demo`."""
     from pipeline.stages import demo as stage
 
     with guard(out):
-        stage.run(config.section("demo", params), out)
+        stage.run(config.section("demo", params), out, crops=crops)
+
+
+@app.command()
+@user_errors
+def crop(
+    out: Annotated[Path, typer.Option(help="summary to write (per trial: frames, frames with a face)")] = Path("data/crops.json"),
+    jobs: Annotated[int, typer.Option(help="videos processed at once (0 = one per core)")] = 0,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Detect, align and track faces into <data.root>/cropped_aligned/ (params data.crops: detect)."""
+    from pipeline.stages import crop as stage
+
+    raw = config.read_params(params)
+    with guard(out):
+        stage.run(config.section("data", params, raw), config.section("faces", params, raw), out, jobs=jobs)
 
 
 @app.command()
@@ -238,6 +254,36 @@ def ablation(
         stage.queue(start=run, jobs=jobs)
 
 
+@app.command()
+@user_errors
+def analyze(
+    videos: Annotated[list[Path], typer.Argument(help="video files (any container and codec FFmpeg decodes)")],
+    models: Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")] = Path("models"),
+    out: Annotated[Path, typer.Option(help="folder for <stem>.csv and <stem>.png")] = Path("results"),
+    all_faces: Annotated[bool, typer.Option("--all-faces", help="one CSV and PNG per face track (<stem>_face<k>)")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    work: Annotated[Path | None, typer.Option(help="keep the intermediate dataset, prepared data and features here")] = None,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Per-frame valence and arousal of any video with the trained folds: <out>/<stem>.csv and .png."""
+    from pipeline import analyze as command
+
+    raw = config.read_params(params)
+    with guard(out):
+        command.run(
+            videos,
+            models,
+            out,
+            config.section("frames", params, raw),
+            config.section("features", params, raw),
+            config.section("faces", params, raw),
+            config.section("postprocess", params, raw),
+            all_faces=all_faces,
+            device=device,
+            work=work,
+        )
+
+
 # ---------------------------------------------------------------------------------------------- benchmarks
 @bench_app.command("extract")
 @user_errors
@@ -299,6 +345,22 @@ def bench_count(
     from pipeline.bench import count as bench
 
     bench.run(list(videos), repeats=repeats)
+
+
+@bench_app.command("analyze")
+@user_errors
+def bench_analyze(
+    video: Annotated[Path, typer.Option(help="a real video (default: a 640x360 talking face from ../shared/realmedia)")] = Path(
+        "../shared/realmedia/videos/pyfeat_WolfgangLanger_Pexels.mp4"
+    ),
+    work: Annotated[Path, typer.Option(help="scratch folder (synthetic models, results)")] = Path("data/bench-analyze"),
+    models: Annotated[Path | None, typer.Option(help="trained models to use (default: small synthetic ones)")] = None,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Frames/s of face detection + alignment and of the whole analyze command on a video, one JSON line."""
+    from pipeline.bench import analyze as bench
+
+    bench.run(video, work, models=models, params=params)
 
 
 def main() -> None:  # console-script entry point

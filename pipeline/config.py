@@ -29,6 +29,7 @@ class ConfigError(PipelineError, ValueError):
 @dataclass(config=_STRICT)
 class DataConfig:
     root: str = "data/demo"  # dataset root in the Aff-Wild2 layout (DESIGN.md)
+    crops: Literal["given", "detect"] = "given"  # cropped_aligned/ shipped with the data, or written by `crop`
 
 
 @dataclass(config=_STRICT)
@@ -61,6 +62,27 @@ class SplitConfig:
                 f"folds must be distinct values in 0..{self.n_folds - 1} (n_folds={self.n_folds}), got {list(self.folds)}"
             )
         return self
+
+
+# --------------------------------------------------------------------------------------------------- faces
+@dataclass(config=_STRICT)
+class FacesConfig:
+    # smallest face: a fraction of the frame's shorter side (< 1) or pixels (>= 1); never below 20 px
+    min_face: float = Field(0.1, gt=0)
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-net face probabilities (FaceNet's)
+    detect_every: int = Field(5, ge=1)  # full detection every k frames, O-net tracking in between (1 = every frame)
+    iou: float = Field(0.3, gt=0, le=1)  # least IoU between a face and its track's last box
+    max_gap: float = Field(1.0, ge=0)  # seconds a track may go without a face and continue
+    min_track: float = Field(0.2, ge=0)  # seconds: shorter tracks are ignored
+    backend: Literal["onnxruntime", "opencv"] = "onnxruntime"  # what runs the ONNX nets
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(not 0 < t < 1 for t in v):
+            raise ValueError(f"thresholds must lie in (0, 1), got {list(v)}")
+        return v
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -181,6 +203,7 @@ class PostprocessConfig:
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "demo": DemoConfig,
+    "faces": FacesConfig,
     "frames": FramesConfig,
     "split": SplitConfig,
     "features": FeaturesConfig,

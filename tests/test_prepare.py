@@ -182,7 +182,7 @@ def damage(root: Path, what: str) -> str:
         return f"{p}:3: -1.2 outside [-1, 1]"
     if what == "no-video":
         next((root / "videos").rglob("demo02.mp4")).unlink()
-        return f"{train / 'demo02.txt'}: no video demo02.mp4 or .avi under {root / 'videos'}"
+        return f"{train / 'demo02.txt'}: no video demo02{{.mp4,.avi,.mov,.mkv,.webm,.m4v}} under {root / 'videos'}"
     if what == "undecodable":
         p = next((root / "videos").rglob("demo01.mp4"))
         p.write_bytes(b"\x00" * 5000)

@@ -25,7 +25,7 @@ from pipeline.errors import InputError
 from pipeline.io.names import check_name
 from pipeline.timebase import SAMPLE_RATE, Timestamps, timestamps_from_pts
 
-VIDEO_SUFFIXES = (".mp4", ".avi")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # Aff-Wild2 ships .mp4 and .avi
 RATE_MISMATCH = 0.01  # relative difference between stated and timestamp frame rates that earns a warning
 # A hole (or overlap) in the audio's timestamps longer than this is filled with silence (or dropped): a quarter of a
 # frame at 25 fps; shorter ones are timestamp rounding. The comparison is with all samples so far, so drift that
@@ -218,7 +218,7 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
 
 
 def find_videos(videos_dir: Path) -> dict[str, Path]:
-    """``{stem: path}`` of every .mp4/.avi at any depth under ``videos_dir``; a stem found twice, or one that could
+    """``{stem: path}`` of every video (:data:`VIDEO_SUFFIXES`) at any depth under ``videos_dir``; a stem found twice, or one that could
     not be a file name of its own (``.``, ``..``), is an error."""
     found: dict[str, Path] = {}
     if not videos_dir.is_dir():
@@ -238,3 +238,17 @@ def video_for_trial(trial: str) -> str:
         if trial.endswith(suffix):
             return trial[: -len(suffix)]
     return trial
+
+
+
+def resolve_video(trial: str, videos: dict[str, Path]) -> str | None:
+    """The video stem of ``trial``: its own name if such a video exists, else without ``_left``/``_right``."""
+    if trial in videos:
+        return trial
+    stem = video_for_trial(trial)
+    return stem if stem in videos else None
+
+
+def missing_video(trial: str, root: Path) -> str:
+    """The end of the message for a trial whose video is not found."""
+    return f"no video {video_for_trial(trial)}{{{','.join(VIDEO_SUFFIXES)}}} under {root / 'videos'}"

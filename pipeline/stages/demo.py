@@ -150,8 +150,9 @@ def write_annotation(path: Path, valence: np.ndarray, arousal: np.ndarray, unann
     path.write_text("valence,arousal\n" + "".join(f"{v:.4f},{a:.4f}\n" for v, a in rows))
 
 
-def run(cfg: DemoConfig, out: Path) -> None:
-    """Write the demo dataset to ``out`` (replacing what is there)."""
+def run(cfg: DemoConfig, out: Path, crops: bool = True) -> None:
+    """Write the demo dataset to ``out`` (replacing what is there). ``crops=False`` leaves out ``cropped_aligned/``:
+    a dataset for the ``crop`` stage (``data.crops: detect``) to find the faces in."""
     rng = np.random.default_rng(cfg.seed)
     if out.exists():
         shutil.rmtree(out)
@@ -183,7 +184,9 @@ def run(cfg: DemoConfig, out: Path) -> None:
             frames.append(np.clip(arr, 0, 255).astype(np.uint8))
         # crops: the aligned 112x112 box around each (still) face centre, resized to demo.size
         for trial, (cx, cy) in zip(trials, centres):
-            missing = rng.random(n) < 0.03
+            missing = rng.random(n) < 0.03  # drawn even without crops: the videos and labels stay the same
+            if not crops:
+                continue
             if k == 1:
                 missing[:FIRST_CROPS_MISSING] = True
             d = out / "cropped_aligned" / trial

@@ -2,7 +2,7 @@
 
 Rules (DESIGN.md, paper section 3.2):
 - Trials come from the annotation files (train, validation) and ``test_set.txt`` (test). A trial's video is found
-  by stem at any depth under ``videos/`` (.mp4 or .avi); ``<video>_left`` / ``<video>_right`` share ``<video>``.
+  by stem at any depth under ``videos/`` (.mp4, .avi, .mov, .mkv, .webm, .m4v); ``<video>_left`` / ``<video>_right`` share ``<video>``.
   Trial and video names must be plain names (pipeline/io/names.py).
 - Every video's frames are counted: by decoding for videos of test trials (their frames are 1 .. that count, and the
   submission needs exactly one row per decoded frame), by demuxing packets for the others (50-250 times faster; the
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from pipeline.config import DataConfig, FramesConfig
 from pipeline.errors import InputError
 from pipeline.io.annotations import annotation_files, read_annotation, read_test_list
-from pipeline.io.media import decode_audio_track, find_videos, probe_video, video_for_trial
+from pipeline.io.media import decode_audio_track, find_videos, missing_video, probe_video, resolve_video
 from pipeline.io.names import check_name
 from pipeline.io.prepared import (
     FramesDigest,
@@ -70,14 +70,6 @@ class TrialPlan:
     n_rows: int = 0  # annotation rows (= frames the annotators saw)
 
 
-def resolve_video(trial: str, videos: dict[str, Path]) -> str | None:
-    """The video stem of ``trial``: its own name if such a video exists, else without ``_left``/``_right``."""
-    if trial in videos:
-        return trial
-    stem = video_for_trial(trial)
-    return stem if stem in videos else None
-
-
 def plan_trials(root: Path, videos: dict[str, Path]) -> list[TrialPlan]:
     """Every trial of ``root`` with its video and, for annotated trials, frames and labels."""
     plans: list[TrialPlan] = []
@@ -90,7 +82,7 @@ def plan_trials(root: Path, videos: dict[str, Path]) -> list[TrialPlan]:
             seen[f.stem] = f
             video = resolve_video(f.stem, videos)
             if video is None:
-                raise InputError(f"{f}: no video {video_for_trial(f.stem)}.mp4 or .avi under {root / 'videos'}")
+                raise InputError(f"{f}: {missing_video(f.stem, root)}")
             ann = read_annotation(f)
             if not ann.n_rows:
                 raise InputError(f"{f}: no rows after the header (an empty annotation file)")
@@ -104,7 +96,7 @@ def plan_trials(root: Path, videos: dict[str, Path]) -> list[TrialPlan]:
         seen[name] = src
         video = resolve_video(name, videos)
         if video is None:
-            raise InputError(f"{src}: no video {video_for_trial(name)}.mp4 or .avi under {root / 'videos'}")
+            raise InputError(f"{src}: {missing_video(name, root)}")
         plans.append(TrialPlan(name, "test", video, None, None, src))
     if not plans:
         raise InputError(f"{root}: no trials (no annotation files under annotations/VA_Estimation_Challenge and no test_set.txt)")

@@ -1,0 +1,195 @@
+"""One pass over a video: decode, detect, track. Arrays only; :mod:`pipeline.faces.crops` writes the crops.
+
+Per frame (:class:`FaceFollower`): the full MTCNN cascade runs every ``detect_every`` frames, and on every frame
+where no face is being followed; in between, O-net alone looks again where each face was in the previous frame
+(:meth:`~pipeline.faces.mtcnn.MTCNN.refine`, about a tenth of a full detection's cost) and keeps the faces whose
+score stays above the O-net threshold. An :class:`~pipeline.faces.tracker.IoUTracker` gives every face a track id.
+``detect_every: 1`` runs the full cascade on every frame; ``python -m pipeline bench analyze`` compares the two on
+real videos (faces found, landmark distance, time).
+
+A track's size is the sum of its boxes' areas over its frames (area x duration): the main face is the largest
+track, and with two people the two largest are the left and the right one (by mean box centre).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from pipeline.config import FacesConfig
+from pipeline.errors import InputError
+from pipeline.faces.mtcnn import MTCNN, Faces, nms
+from pipeline.faces.tracker import IoUTracker
+
+
+@dataclass
+class Track:
+    """One face over time: 0-based frame indices (n,), boxes (n, 4), scores (n,), landmarks (n, 5, 2)."""
+
+    id: int
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    landmarks: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, frame: int, box: np.ndarray, score: float, landmarks: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.boxes.append(box)
+        self.scores.append(score)
+        self.landmarks.append(landmarks)
+
+    @property
+    def size(self) -> float:
+        """Area x duration: the sum over its frames of the box area, in pixels x frames."""
+        b = np.asarray(self.boxes).reshape(-1, 4)
+        return float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum())
+
+    @property
+    def centre_x(self) -> float:
+        """Mean horizontal centre of its boxes, in pixels."""
+        b = np.asarray(self.boxes).reshape(-1, 4)
+        return float(((b[:, 0] + b[:, 2]) / 2).mean())
+
+
+@dataclass
+class VideoFaces:
+    """What one pass found: ``times`` float64 (n_frames,) presentation time of each decoded frame in seconds from
+    the first frame; ``tracks`` by id."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    times: np.ndarray
+    tracks: dict[int, Track]
+    detect_s: float = 0.0  # seconds spent in detection, refinement and tracking (not decoding, not writing)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.times)
+
+    def ranked(self, min_frames: int = 1) -> list[Track]:
+        """Tracks with at least ``min_frames`` frames, largest (area x duration) first."""
+        keep = [t for t in self.tracks.values() if len(t.frames) >= min_frames]
+        return sorted(keep, key=lambda t: (-t.size, t.id))
+
+
+def min_track_frames(cfg: FacesConfig, fps: float) -> int:
+    """``faces.min_track`` seconds in frames (at least 1)."""
+    return max(1, int(round(cfg.min_track * fps)))
+
+
+def main_tracks(faces: VideoFaces, n: int, min_frames: int) -> list[Track]:
+    """The ``n`` largest tracks, ordered left to right by mean box centre (fewer if fewer were found)."""
+    return sorted(faces.ranked(min_frames)[:n], key=lambda t: t.centre_x)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def open_video(path: Path) -> av.container.InputContainer:
+    try:
+        c = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise InputError(f"{path}: cannot open video: {e}") from None
+    if not c.streams.video:
+        c.close()
+        raise InputError(f"{path}: no video stream")
+    return c
+
+
+def decode(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
+    """``(presentation time in seconds or None, uint8 (H, W, 3) RGB)`` for every decoded frame, in order (the same
+    decoding as ``prepare``'s frame count)."""
+    with open_video(path) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        try:
+            for frame in c.decode(vs):
+                yield frame.time, frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path}: cannot decode video: {e}") from None
+
+
+def stream_rate(path: Path) -> tuple[float, int]:
+    """(frames per second, estimated frame count from the container; 0 when unknown)."""
+    with open_video(path) as c:
+        vs = c.streams.video[0]
+        rate = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0) or 25.0
+        n = vs.frames or (int(c.duration / 1e6 * rate) if c.duration else 0)
+    return rate, int(n)
+
+
+# ------------------------------------------------------------------------------------------------- tracking
+class FaceFollower:
+    """Per-frame faces with track ids: full detection every ``detect_every`` frames (and whenever nothing is being
+    followed), O-net refinement of the previous frame's faces in between. One instance per video."""
+
+    def __init__(self, detector: MTCNN, detect_every: int, tracker: IoUTracker) -> None:
+        self.detector = detector
+        self.detect_every = max(1, detect_every)
+        self.tracker = tracker
+        self.frame = -1
+
+    def step(self, image: np.ndarray) -> tuple[Faces, np.ndarray]:
+        """Faces of the next frame and their track ids (N,)."""
+        self.frame += 1
+        _, prev = self.tracker.recent()
+        if self.frame % self.detect_every == 0 or not len(prev):
+            faces = self.detector.detect(image)
+        else:
+            faces = self.detector.refine(image, prev)
+            faces = faces.take(np.flatnonzero(faces.scores > self.detector.thresholds[2]))
+            # two followed faces that converged on one: keep the better (as the cascade's last NMS would)
+            faces = faces.take(nms(faces.boxes, faces.scores, 0.7, "min"))
+        return faces, self.tracker.update(faces.boxes)
+
+
+def follow_video(
+    path: Path,
+    cfg: FacesConfig,
+    detector: MTCNN,
+    on_frame: Callable[[int, np.ndarray, Faces, np.ndarray], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VideoFaces:
+    """Decode ``path`` and follow its faces; ``on_frame(i, rgb, faces, ids)`` sees every frame (the crop writer),
+    ``progress(n)`` is told of frames done now and then."""
+    import time
+
+    fps, _ = stream_rate(path)
+    tracker = IoUTracker(iou_min=cfg.iou, max_gap=max(0, int(round(cfg.max_gap * fps))))
+    follower = FaceFollower(detector, cfg.detect_every, tracker)
+    tracks: dict[int, Track] = {}
+    times: list[float | None] = []
+    width = height = 0
+    spent, pending = 0.0, 0
+    for i, (t, rgb) in enumerate(decode(path)):
+        height, width = rgb.shape[:2]
+        times.append(t)
+        t0 = time.perf_counter()
+        faces, ids = follower.step(rgb)
+        spent += time.perf_counter() - t0
+        for k, tid in enumerate(ids):
+            tracks.setdefault(int(tid), Track(int(tid))).add(i, faces.boxes[k], float(faces.scores[k]), faces.landmarks[k])
+        if on_frame is not None:
+            on_frame(i, rgb, faces, ids)
+        pending += 1
+        if progress is not None and pending >= 50:
+            progress(pending)
+            pending = 0
+    if progress is not None and pending:
+        progress(pending)
+    if not times:
+        raise InputError(f"{path}: video stream has no frames")
+    return VideoFaces(path, width, height, fps, presentation_times(times, fps), tracks, spent)
+
+
+def presentation_times(times: list[float | None], fps: float) -> np.ndarray:
+    """Seconds from the first frame: the decoder's presentation times where every frame has one, else the frame
+    index over the stream's rate."""
+    if any(t is None for t in times):
+        return np.arange(len(times), dtype=np.float64) / fps
+    t = np.asarray(times, dtype=np.float64)
+    return t - t[0]
