@@ -136,8 +136,9 @@ class VideoResult:
 
 
 def link_name(path: Path) -> str:
-    """The file name of the video inside the temporary dataset. ``prepare`` finds videos by suffix (.mp4, .avi);
-    FFmpeg recognises containers by their content, so a .mov (or any other container) is linked as ``<stem>.mp4``."""
+    """The file name of the video inside the temporary dataset. ``prepare`` finds videos by suffix
+    (:data:`~pipeline.io.media.VIDEO_SUFFIXES`); FFmpeg recognises containers by their content, so any other
+    container (.flv, .ts, no suffix, ...) is linked as ``<stem>.mp4``."""
     suffix = path.suffix.lower()
     return path.stem + (suffix if suffix in VIDEO_SUFFIXES else ".mp4")
 

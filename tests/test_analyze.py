@@ -207,4 +207,5 @@ def test_csv_and_spans_by_hand(tmp_path):
     analyze.write_csv(tmp_path / "x.csv", np.array([0.0, 0.04]), np.array([[0.1, -0.2], [0.3, 0.4]]), np.array([True, False]))
     assert (tmp_path / "x.csv").read_text().splitlines() == [
         "frame,time_s,valence,arousal,face", "1,0.000000,0.100000,-0.200000,1", "2,0.040000,0.300000,0.400000,0"]
-    assert analyze.link_name(Path("/x/clip.MOV")) == "clip.mp4" and analyze.link_name(Path("a.avi")) == "a.avi"
+    assert analyze.link_name(Path("/x/clip.FLV")) == "clip.mp4" and analyze.link_name(Path("a.avi")) == "a.avi"
+    assert analyze.link_name(Path("/x/clip.MOV")) == "clip.mov"
