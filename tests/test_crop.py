@@ -155,7 +155,7 @@ def test_given_crops_missing_is_a_one_line_error(tmp_path):
 def test_a_trial_without_video_is_a_one_line_error(tmp_path):
     annotate(tmp_path / "ds" / ANNOTATION_DIR / "Train_Set" / "ghost.txt", 10, 0)
     res = CliRunner().invoke(app, ["crop", "--out", str(tmp_path / "c.json"), "--params", str(write_params(tmp_path, "detect"))])
-    assert res.exit_code == 2 and "trial 'ghost' has no video" in res.output
+    assert res.exit_code == 2 and "trial 'ghost': no video ghost{.mp4," in res.output
 
 
 def write_params(tmp_path: Path, crops: str) -> Path:
