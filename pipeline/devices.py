@@ -16,3 +16,10 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"--device {device}: CUDA is not available on this machine")
     return dev
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPU (bf16 where supported, else fp16 with a GradScaler); full precision on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
