@@ -179,7 +179,7 @@ def test_cli_from_an_arcface_file_and_bad_input(affectnet, tmp_path):
     start = _ArcfaceIResNet50().state_dict()
     init = tmp_path / "arcface.pth"
     torch.save(start, init)
-    params = write_params(tmp_path / "params.yaml", {**TINY, "data": str(affectnet), "init": str(init), "epochs": 1})
+    params = write_params(tmp_path / "params.yaml", {**TINY, "data": str(affectnet), "init": str(init), "epochs": 1, "augment": False})
     out = tmp_path / "m"
     args = ["backbone", "--params", str(params), "--out", str(out), "--metrics", str(tmp_path / "b.json"),
             "--plots", str(tmp_path / "p"), "--device", "cpu"]
@@ -244,3 +244,21 @@ def test_bench_prints_one_line_per_setting(capsys):
         assert o["batch"] == 4 and o["size"] == 16 and o["train_images_per_s"] > 0 and o["eval_images_per_s"] > 0
         assert o["epoch_projected_s"] == pytest.approx(1000 / o["train_images_per_s"], abs=1)
         assert o["decode_images_per_s_per_core"] > 0
+
+
+def test_split_forward_and_the_trunk_bank_equal_the_whole(affectnet):
+    x = torch.randn(2, 3, SIZE, SIZE)
+    for freeze in ("none", "stem", "layer2"):
+        m = B.BackboneNet(random_init(iresnet50()), freeze).eval()
+        with torch.inference_mode():
+            logits, va = m(x)
+            z = m.net.forward_map(x).mean(dim=(2, 3))  # the extractor's own forward, pooled
+            assert torch.equal(logits, m.expression(z)) and torch.equal(va, torch.tanh(m.va(z))), freeze
+    crops = B.Crops(read_split(affectnet, "val"), SIZE, cache_gb=1.0, workers=0, pin=False)
+    m = B.BackboneNet(random_init(iresnet50()), "layer3")
+    cpu = torch.device("cpu")
+    bank = B.trunk_bank(m, crops, 8, cpu, None, cache_gb=1.0)
+    assert bank.shape == (25, 256, 4, 4)  # layer3 output at 32 px (layer4 halves it to 2 x 2)
+    assert B.evaluate(m, crops, 8, cpu, None, bank) == B.evaluate(m, crops, 8, cpu, None)
+    assert B.trunk_bank(m, crops, 8, cpu, None, cache_gb=1e-6) is None  # too large for the budget
+    assert B.trunk_bank(B.BackboneNet(iresnet50()), crops, 8, cpu, None, cache_gb=1.0) is None  # nothing frozen

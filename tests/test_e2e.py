@@ -19,7 +19,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = {
-    "demo": {"n_videos": 8, "seconds": 4.0, "size": 64},
+    "demo": {"n_videos": 8, "seconds": 4.0, "size": 64, "affectnet_train": 40, "affectnet_val": 20},
+    "backbone": {"epochs": 1, "batch": 16},
     "frames": {"size": 32},
     "split": {"n_folds": 3, "folds": [0, 1, 2]},
     "features": {"iresnet": {"batch": 64}, "vggish": {"batch": 64}},
@@ -91,3 +92,13 @@ def test_changing_lr_reruns_only_training_and_after(repo):
     out = sh([sys.executable, "-m", "dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"scan", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+
+
+def test_a_new_backbone_reextracts_iresnet_and_retrains_only(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["features"]["iresnet"]["weights"] == "models/backbone/backbone.pth"
+    params["backbone"]["lr"] = params["backbone"]["lr"] / 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"scan", "backbone", "extract@iresnet", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
