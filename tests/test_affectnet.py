@@ -198,6 +198,9 @@ def test_demo_affectnet_set(tmp_path):
     coded = 60 // demo.CODED_EVERY
     assert len(s) == 60 - coded and sum(s.skipped.values()) == coded
     np.testing.assert_array_equal(s.expression, demo.expression_of(s.va[:, 0], s.va[:, 1]))
+    centres = demo.EXPRESSION_VA
+    assert demo.expression_of(centres[:, 0], centres[:, 1]).tolist() == list(range(8))
+    assert demo.expression_of(np.array([0.9, -0.7, 0.05]), np.array([0.2, -0.5, -0.05])).tolist() == [1, 2, 0]
     assert s.load(0, 64).shape == (64, 64, 3)
     v = A.read_split(tmp_path / "a", "val")
     assert len(v) == 30 - 30 // demo.CODED_EVERY
