@@ -29,7 +29,7 @@ FEATURE_KEYS = ("extractor", "weights", "parameters")  # what must agree between
 
 def feature_record(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What a checkpoint keeps of a store's attributes: extractor, weights digest, parameters, code version."""
-    return {k: attrs.get(k) for k in (*FEATURE_KEYS, "code_version")}
+    return {k: attrs.get(k) for k in (*FEATURE_KEYS, "weights_origin", "code_version")}
 
 
 def save(path: Path, doc: Mapping[str, Any]) -> None:

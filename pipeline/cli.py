@@ -101,6 +101,25 @@ def scan(
 
 @app.command()
 @user_errors
+def backbone(
+    out: Annotated[Path, typer.Option(help="folder for backbone.pth, heads.pth, meta.json")] = Path("models/backbone"),
+    metrics: Annotated[Path, typer.Option(help="validation metrics of the best epoch")] = Path("metrics/backbone.json"),
+    plots: Annotated[Path, typer.Option(help="per-epoch curves (dvclive)")] = Path("metrics/backbone"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Fine-tune IResNet-50 on AffectNet (params `backbone`), the paper's visual backbone (section 3.1)."""
+    from pipeline.stages import backbone as stage
+
+    raw = config.read_params(params)
+    stage.run(
+        config.section("backbone", params, raw), config.section("frames", params, raw).size, out, metrics, plots,
+        device=device,
+    )
+
+
+@app.command()
+@user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
     jobs: Annotated[int, typer.Option(help="decoding processes (0 = one per core)")] = 0,
@@ -320,6 +339,28 @@ def bench_train(
     from pipeline.bench import train as bench
 
     bench.run(work, device=device, frames=frames, paper_size=paper_size, steps=steps)
+
+
+@bench_app.command("backbone")
+@user_errors
+def bench_backbone(
+    device: Annotated[list[str] | None, typer.Option(help="cpu, cuda ... (repeatable; default: cpu, and cuda when present)")] = None,
+    size: Annotated[int | None, typer.Option(help="input side (default: backbone.size or frames.size)")] = None,
+    batch: Annotated[int | None, typer.Option(help="images per step (default: backbone.batch, at most 64 on CPU)")] = None,
+    freeze: Annotated[list[str] | None, typer.Option(help="freeze setting(s) to measure (default: backbone.freeze)")] = None,
+    seconds: Annotated[float, typer.Option(help="measured time per setting, after warm-up")] = 10.0,
+    images: Annotated[int, typer.Option(help="training-set size the epoch time is projected for")] = 290_000,
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Images/s of a backbone training step per device and freeze setting, and the projected AffectNet epoch."""
+    from pipeline.bench import backbone as bench
+
+    raw = config.read_params(params)
+    bench.run(
+        config.section("backbone", params, raw), config.section("frames", params, raw).size,
+        devices=tuple(device or ()), size=size, batch=batch, freezes=tuple(freeze or ()), seconds=seconds,
+        images=images,
+    )
 
 
 @bench_app.command("scan")

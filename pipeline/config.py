@@ -38,6 +38,8 @@ class DemoConfig:
     n_videos: int = Field(10, ge=8)  # the layout rules need at least 8 videos
     seconds: float = Field(24.0, gt=2.0)  # length of each generated video
     size: int = Field(112, ge=32)  # crop side in pixels, as Aff-Wild2's cropped_aligned
+    affectnet_train: int = Field(600, ge=16)  # images of the generated AffectNet-layout set (data/demo/affectnet)
+    affectnet_val: int = Field(160, ge=16)
 
 
 @dataclass(config=_STRICT)
@@ -131,6 +133,44 @@ class FeaturesConfig:
     mfcc: MFCCConfig = MFCCConfig()
 
 
+# ------------------------------------------------------------------------------------------------ backbone
+Freeze = Literal["none", "stem", "layer1", "layer2", "layer3"]
+
+
+@dataclass(config=_STRICT)
+class BackboneConfig:
+    """Stage ``backbone``: IResNet-50 fine-tuned on AffectNet (paper 3.1)."""
+
+    data: str = "data/demo/affectnet"  # AffectNet folder, CSV or per-image layout (pipeline/io/affectnet.py)
+    init: str | None = None  # arcface_torch backbone.pth to start from; None = random init (loudly labelled)
+    sha256: str | None = None  # expected digest of `init`; checked when given
+    size: int | None = Field(None, ge=16, le=512)  # input side; None = frames.size (paper: 48)
+    freeze: Freeze = "none"  # train only what comes after this part; none = full fine-tune
+    epochs: int = Field(20, ge=1)
+    batch: int = Field(256, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    expression_weight: float = Field(1.0, ge=0)  # cross-entropy over the 8 expressions
+    va_weight: float = Field(1.0, ge=0)  # (1 - CCC_v) + (1 - CCC_a) of the tanh head
+    balance: bool = True  # weight cross-entropy by inverse class frequency (AffectNet's training set is skewed)
+    augment: bool = True  # flip, small affine, colour jitter
+    seed: int = 0
+    workers: int = Field(0, ge=0)  # decoding processes when images are not cached (0 = main process)
+    cache_gb: float = Field(4.0, ge=0)  # decode every crop once into memory below this size
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        return WeightsConfig._hex(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BackboneConfig":
+        if self.expression_weight == 0 and self.va_weight == 0:
+            raise ValueError("expression_weight and va_weight cannot both be 0")
+        return self
+
+
 # ------------------------------------------------------------------------------------------- model / train
 Modality = Literal["iresnet", "vggish", "mfcc"]
 
@@ -207,6 +247,7 @@ SECTIONS: dict[str, type] = {
     "frames": FramesConfig,
     "split": SplitConfig,
     "features": FeaturesConfig,
+    "backbone": BackboneConfig,
     "model": ModelConfig,
     "train": TrainConfig,
     "postprocess": PostprocessConfig,

@@ -79,3 +79,24 @@ def json_float(x: float | None) -> float | None:
     """A metric as written to JSON: NaN / inf -> None (``null``, so metrics files stay valid JSON), else rounded
     to 6 decimals."""
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Share of ``pred == target`` over (N,) class indices; NaN when N is 0."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    return float(np.mean(pred == target)) if pred.size and pred.size == target.size else float("nan")
+
+
+def macro_f1(pred: np.ndarray, target: np.ndarray) -> float:
+    """Unweighted mean over classes of ``F1_k = 2 TP_k / (2 TP_k + FP_k + FN_k)``, over the classes that occur in
+    ``target`` or ``pred`` (as scikit-learn's ``f1_score(average="macro")``); NaN when N is 0."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    if not pred.size or pred.size != target.size:
+        return float("nan")
+    scores = []
+    for k in np.union1d(pred, target):
+        tp = np.sum((pred == k) & (target == k))
+        fp = np.sum((pred == k) & (target != k))
+        fn = np.sum((pred != k) & (target == k))
+        scores.append(2.0 * tp / (2.0 * tp + fp + fn))
+    return float(np.mean(scores))

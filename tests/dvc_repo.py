@@ -16,7 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = {
-    "demo": {"n_videos": 8, "seconds": 4.0, "size": 64},
+    "demo": {"n_videos": 8, "seconds": 4.0, "size": 64, "affectnet_train": 40, "affectnet_val": 20},
+    "backbone": {"epochs": 1, "batch": 16},
     "frames": {"size": 32},
     "split": {"n_folds": 3, "folds": [0, 1, 2]},
     "features": {"iresnet": {"batch": 64}, "vggish": {"batch": 64}},

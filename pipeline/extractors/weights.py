@@ -11,6 +11,7 @@ extractor runs randomly initialised from :data:`SEED`, prints one warning line o
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import re
 import sys
@@ -163,3 +164,20 @@ def warn_random_init(name: str) -> None:
     )
     print(msg, file=sys.stderr, flush=True)
     warnings.warn(msg, RandomInitWarning, stacklevel=2)
+
+
+def origin(path: str | Path | None, digest: str) -> str | None:
+    """What made a weights file, when this pipeline did: the ``backbone`` stage writes ``meta.json`` beside its
+    ``backbone.pth``. ``"fine-tuned from random init"`` when that run started without ArcFace weights (the demo's),
+    ``"fine-tuned from <sha256>"`` otherwise; None for anyone else's file or a meta.json of another file."""
+    if not path:
+        return None
+    meta = Path(path).parent / "meta.json"
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("backbone_sha256") != digest:
+        return None
+    return "fine-tuned from random init" if doc.get("random_init_start") else f"fine-tuned from {doc.get('init', {}).get('sha256')}"
+

@@ -121,11 +121,15 @@ def score_fold(
 
 
 def backbones_label(stores: dict[str, dict[str, Any]]) -> str:
-    """Where the features came from, in one string (a column of ``dvc metrics show``): ``random-init: <names>`` when
-    any backbone ran without weights, else ``weights files: <names>`` (MFCC has none)."""
+    """Where the features came from, in one string (a column of ``dvc metrics show``): ``random-init: <names>`` for
+    backbones that ran without weights, ``fine-tuned from random init: <names>`` for a backbone the ``backbone`` stage
+    trained without a pretrained start (the demo's), else ``weights files: <names>`` (MFCC has none)."""
     random_init = [m for m, s in sorted(stores.items()) if s.get("weights") == "random-init"]
-    if random_init:
-        return f"random-init: {', '.join(random_init)}"
+    from_random = [m for m, s in sorted(stores.items()) if s.get("weights_origin") == "fine-tuned from random init"]
+    parts = [f"random-init: {', '.join(random_init)}"] if random_init else []
+    parts += [f"fine-tuned from random init: {', '.join(from_random)}"] if from_random else []
+    if parts:
+        return "; ".join(parts)
     learned = [m for m, s in sorted(stores.items()) if s.get("weights") not in (None, "none")]
     return f"weights files: {', '.join(learned)}" if learned else "no learned backbone"
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from pipeline import provenance
 from pipeline.extractors import Extractor, build, code_version
+from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, load_index
@@ -217,7 +218,7 @@ def fingerprint(ex: Extractor, index: PreparedIndex) -> dict[str, Any]:
     }
 
 
-def open_store(ex: Extractor, index: PreparedIndex, out: Path) -> FeatureStore:
+def open_store(ex: Extractor, index: PreparedIndex, out: Path, weights_origin: str | None = None) -> FeatureStore:
     mask_doc = (
         "face: the row's crop was read, not filled" if ex.kind == "frames"
         else "audio: the video has audio and the frame time lies within the track"
@@ -232,6 +233,7 @@ def open_store(ex: Extractor, index: PreparedIndex, out: Path) -> FeatureStore:
         fingerprint=fingerprint(ex, index),
         attrs={
             "weights": ex.weights,
+            "weights_origin": weights_origin,  # e.g. "fine-tuned from random init" (pipeline.extractors.weights.origin)
             "parameters": ex.params,
             "code_version": code_version(ex.name),
             "input_contract": ex.contract,
@@ -324,7 +326,7 @@ def run(
     prepared, out = Path(prepared), Path(out)
     index = load_index(prepared)
     ex = extractor or build(name, cfg, index.frames_size, device)
-    store = open_store(ex, index, out)
+    store = open_store(ex, index, out, W.origin(getattr(cfg, "weights", None), ex.weights))
     pending = store.pending(shard)
     total = sum(store.n_rows(t) - store.resume_row(t) for t in pending)
     stats = RunStats(total, time.perf_counter() - t_start, 0.0, 0.0, 0.0, 0.0)
