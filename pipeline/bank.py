@@ -212,7 +212,7 @@ class FeatureBank:
             zero = pad | self.no_input[m][trial].repeat_interleave(t)
             if zero_missing:
                 zero = zero | ~self.present[m][flat]
-            x[zero] = 0.0  # touches only those rows
+            _zero_rows(x, zero)
             out[m] = x.reshape(b, t, *self.row_shapes[m])  # (B*T, *row) -> (B, T, *row)
         out["mask"] = valid
         if with_labels:
@@ -255,6 +255,18 @@ class FeatureBank:
     def describe(self) -> dict[str, Any]:
         """Where each modality lives and how big it is (for the log and the metrics)."""
         return {m: {"placement": self.placement[m], "gb": round(self.nbytes(m) / 2**30, 3)} for m in self.modalities}
+
+
+def _zero_rows(x: torch.Tensor, zero: torch.Tensor) -> None:
+    """Set rows ``zero`` (K,) bool of ``x`` (K, ...) to 0 in place. On the CPU only those rows are written (a
+    boolean mask index rewrites the whole tensor: 7 ms of a 40 ms IResNet batch); on a GPU one masked fill, which
+    does not wait for the device as finding the rows would."""
+    if x.device.type == "cpu":
+        rows = zero.nonzero().squeeze(1)
+        if len(rows):
+            x.index_fill_(0, rows, 0.0)
+    else:
+        x.masked_fill_(zero.view(-1, *([1] * (x.dim() - 1))), 0.0)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:

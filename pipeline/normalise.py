@@ -77,10 +77,12 @@ class Normaliser:
 
     def apply(self, m: str, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(..., *row_shape) raw rows of modality ``m`` (any float dtype) -> float32 normalised rows on the same
-        device, in ``out`` when given, else a new tensor. The subtraction reads float16 rows and writes float32 in
-        one pass (exact conversion, then float32 arithmetic); the division runs in place."""
+        device, in ``out`` when given, else a new tensor: converted to float32 (exact for float16), then
+        ``(x - mean) / std`` in place."""
         mean, std = self.stats_on(m, x.device)
-        return torch.sub(x, mean, out=out).div_(std) if out is not None else torch.sub(x, mean).div_(std)
+        if out is None:
+            return torch.sub(x, mean).div_(std)
+        return out.copy_(x).sub_(mean).div_(std)
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Tensors for a checkpoint (loadable with ``torch.load(weights_only=True)``)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from pipeline import config
 from pipeline.bank import FeatureBank
 from pipeline.devices import amp_dtype, resolve_device
 from pipeline.io.features import FeatureStore
-from pipeline.io.prepared import PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels, write_labels
+from pipeline.io.prepared import INDEX_FORMAT, PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels, write_labels
 from pipeline.nn import FusionModel
 from pipeline.timebase import SAMPLE_RATE
 from pipeline.windows import inference_windows, predict, window_starts
@@ -181,11 +182,13 @@ def synthetic_affwild(work: Path, frames_total: int) -> tuple[Path, Path]:
     (39,) float32) and trial lengths, ``frames_total`` frames in 6 folds; built once under ``work``."""
     root = Path(work) / f"affwild-{frames_total}"
     prepared, features = root / "prepared", root / "features"
-    if (root / "complete").exists():
+    done = root / "complete"  # holds the prepared format it was made in: an older one is made again
+    if done.exists() and done.read_text() == INDEX_FORMAT:
         return prepared, features
+    shutil.rmtree(root, ignore_errors=True)
     make_synthetic(root, n_test=0, n_folds=6, lengths=affwild_lengths(frames_total),
                    dtype={"iresnet": "float16", "vggish": "float16", "mfcc": "float32"}, progress=True)
-    (root / "complete").write_text("")
+    done.write_text(INDEX_FORMAT)
     return prepared, features
 
 
