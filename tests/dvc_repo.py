@@ -6,9 +6,11 @@ under test through the real `python -m pipeline` commands that dvc.yaml names; p
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -25,6 +27,7 @@ SMALL = {
     "model": {"d_model": 32, "heads": 2, "layers": 1, "ff_dim": 64, "tcn_channels": 16, "tcn_levels": 2, "head_hidden": 16},
 }
 DVC = [sys.executable, "-m", "dvc"]
+FIXED_DATE = "2026-01-01T00:00:00+00:00"
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -34,15 +37,18 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def sh(cmd: list[str], cwd: Path, timeout: int = 900, env: dict[str, str] | None = None) -> str:
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     return p.stdout + p.stderr
 
 
-def make_repo(dst: Path, overrides: dict | None = None) -> Path:
-    """Copy the project into ``dst`` with params merged with ``overrides`` (default :data:`SMALL`), as a git
-    repository with one commit; returns ``dst``."""
+def make_repo(dst: Path, overrides: dict | None = None, before_commit: Callable[[Path], None] | None = None) -> Path:
+    """Copy the project into ``dst`` with params merged with ``overrides`` (default :data:`SMALL`), run
+    ``before_commit(dst)`` if given, and make it a git repository with one commit; returns ``dst``.
+
+    The commit's author, committer and dates are fixed, so two repositories made from the same files have the same
+    commit id (training records it as provenance: two runs compare equal only then)."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
         check=True,
@@ -54,8 +60,10 @@ def make_repo(dst: Path, overrides: dict | None = None) -> Path:
             shutil.copy2(src, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     (dst / "params.yaml").write_text(yaml.safe_dump(merge(params, SMALL if overrides is None else overrides), sort_keys=False))
-    git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
-    sh(["git", "init", "-q"], dst)
+    if before_commit is not None:
+        before_commit(dst)
+    git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost", "-c", "init.defaultBranch=main"]
+    sh([*git, "init", "-q"], dst)
     sh([*git, "add", "-A"], dst)
-    sh([*git, "commit", "-qm", "e2e"], dst)
+    sh([*git, "commit", "-qm", "e2e"], dst, env={"GIT_AUTHOR_DATE": FIXED_DATE, "GIT_COMMITTER_DATE": FIXED_DATE})
     return dst

@@ -209,3 +209,21 @@ def test_csv_and_spans_by_hand(tmp_path):
         "frame,time_s,valence,arousal,face", "1,0.000000,0.100000,-0.200000,1", "2,0.040000,0.300000,0.400000,0"]
     assert analyze.link_name(Path("/x/clip.FLV")) == "clip.mp4" and analyze.link_name(Path("a.avi")) == "a.avi"
     assert analyze.link_name(Path("/x/clip.MOV")) == "clip.mov"
+
+
+def test_bench_stand_in_models_use_random_init_extractors(tmp_path):
+    """`bench analyze` without --models labels its models "random-init extractors": its params say so too, whatever
+    weights the repository's params name (the demo's backbone.pth need not exist yet)."""
+    from pipeline import config
+    from pipeline.bench.analyze import random_init_params
+
+    src = tmp_path / "params.yaml"
+    src.write_text(yaml.safe_dump({
+        "model": SMALL_MODEL,
+        "features": {"iresnet": {"weights": "models/backbone/backbone.pth", "sha256": "a" * 64},
+                     "vggish": {"weights": "vggish.pth", "pca": True, "pca_weights": "pca.pth"}},
+    }))
+    features = config.section("features", random_init_params(src, tmp_path / "ri.yaml"))
+    assert features.iresnet.weights is None and features.iresnet.sha256 is None
+    assert features.vggish.weights is None and features.vggish.pca is False and features.vggish.pca_weights is None
+    assert config.section("model", tmp_path / "ri.yaml").d_model == SMALL_MODEL["d_model"]  # the rest is kept

@@ -12,6 +12,11 @@ def test_template_points_map_onto_the_template():
     np.testing.assert_allclose(mapped, TEMPLATE, atol=1e-3)
 
 
+def test_template_is_insightfaces_arcface_template():
+    np.testing.assert_array_equal(TEMPLATE, face_align.arcface_dst)
+    assert TEMPLATE.dtype == face_align.arcface_dst.dtype
+
+
 def test_align_face_equals_insightface_norm_crop():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)

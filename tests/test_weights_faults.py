@@ -1,5 +1,5 @@
 """Faulty weights files: each is one line naming the file, nothing in the file runs, and the random-init label is
-one visible line per run (docs/faults-report.md lists these cases)."""
+one visible line per run (docs/faults.md lists these cases)."""
 
 from __future__ import annotations
 

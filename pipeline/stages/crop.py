@@ -71,17 +71,23 @@ def dataset_trials(root: Path, videos: dict[str, Path]) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def load_records(path: Path) -> dict[str, Any]:
-    """``{video: record}`` of earlier runs (any settings)."""
+def load_records(path: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """``({video: record}, {video: trials})`` of earlier runs: the records of finished videos (any settings), and
+    every trial folder this stage has ever been about to place in ``cropped_aligned/`` (written before the folders
+    are, so a run killed between a folder's rename and its video's record still knows the folder is its own)."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: unreadable crop records ({e}); delete it and cropped_aligned/ to start over") from None
     if doc.get("format") != RECORDS_FORMAT:
         raise InputError(f"{path}: not a crop record of this pipeline (format {doc.get('format')!r})")
-    return dict(doc.get("videos", {}))
+    videos = dict(doc.get("videos", {}))
+    owned = {v: list(ts) for v, ts in doc.get("owned", {}).items()}
+    for v, r in videos.items():
+        owned[v] = sorted(set(owned.get(v, [])) | set(r.get("trials", {})))
+    return videos, owned
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -139,7 +145,7 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
     plan = dataset_trials(root, videos)
     current = settings(faces)
     records_path = root / RECORDS
-    earlier = load_records(records_path)
+    earlier, owned = load_records(records_path)
     records = {v: r for v, r in earlier.items() if r.get("settings") == current and v in plan}
     todo = []
     for v, trials in plan.items():
@@ -154,7 +160,7 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
             continue
         records.pop(v, None)
         for t in trials:
-            if (dest / t).exists() and t not in earlier.get(v, {}).get("trials", {}):
+            if (dest / t).exists() and t not in owned.get(v, []):
                 raise InputError(
                     f"{dest / t}: exists and was not written by `crop`; remove it, or set data.crops: given to use it"
                 )
@@ -164,7 +170,10 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
     dest.mkdir(exist_ok=True)
     jobs = min(jobs or len(os.sched_getaffinity(0)), max(1, len(todo)))
     if todo:
-        _run_pool(todo, plan, videos, faces, dest, work_root, jobs, records, current, records_path)
+        for v in todo:  # claimed before any folder is placed: a killed run's folders stay this stage's own
+            owned[v] = sorted(set(owned.get(v, [])) | set(plan[v]))
+        write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned})
+        _run_pool(todo, plan, videos, faces, dest, work_root, jobs, records, owned, current, records_path)
     shutil.rmtree(work_root, ignore_errors=True)
 
     summary = {
@@ -200,6 +209,7 @@ def _run_pool(
     work_root: Path,
     jobs: int,
     records: dict[str, Any],
+    owned: dict[str, list[str]],
     current: dict[str, Any],
     records_path: Path,
 ) -> None:
@@ -229,6 +239,6 @@ def _run_pool(
                 raise r
             v = r.pop("video")
             records[v] = {**r, "settings": current, "size": videos[v].stat().st_size}
-            write_json(records_path, {"format": RECORDS_FORMAT, "videos": records})  # after each video: resumable
+            write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned})  # after each video
         while not progress.empty():
             bar.update(progress.get())
