@@ -77,6 +77,20 @@ def write_av(
     return path
 
 
+def write_audio_only(path: Path, seconds: float = 1.0, sr: int = 16_000) -> Path:
+    """An .mp4 holding one second of silent AAC audio and no video stream."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=sr, layout="mono")
+        for k in range(0, int(seconds * sr), 1024):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, k, Fraction(1, sr)
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
 def first_click(samples: np.ndarray, sr: int = 16_000) -> float:
     """Seconds (from sample 0) at which the first click starts: the first sample above half the peak."""
     return float(np.flatnonzero(np.abs(samples) > 0.5 * np.abs(samples).max())[0]) / sr

@@ -8,38 +8,14 @@ import av
 import numpy as np
 import pytest
 
-from media_helpers import clicks, first_click, write_av
+from media_helpers import clicks, first_click, write_audio_only, write_av
 from pipeline.errors import InputError
 from pipeline.io.media import decode_audio, decode_audio_track, find_videos, iter_video_frames, probe_video, video_for_trial
 
 
 def encode(path, n_frames=12, fps=25, audio=None, sr=44_100, layout="stereo", codec="libx264", acodec="aac"):
     """A small test video: n_frames grey frames, optional audio (mono float32 at sr)."""
-    with av.open(str(path), "w") as c:
-        vs = c.add_stream(codec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        as_ = c.add_stream(acodec, rate=sr, layout=layout) if audio is not None else None
-        for i in range(n_frames):
-            img = np.full((48, 64, 3), 10 * i % 255, dtype=np.uint8)
-            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if as_ is not None:
-            ch = 2 if layout == "stereo" else 1
-            fmt = as_.codec_context.format.name
-            step = as_.codec_context.frame_size or 1024
-            for s in range(0, len(audio), step):
-                chunk = np.repeat(audio[None, s : s + step], ch, axis=0).astype(np.float32)
-                if fmt == "s16":
-                    chunk = (chunk * 32767).astype(np.int16).T.reshape(1, -1)
-                fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format=fmt, layout=layout)
-                fr.sample_rate, fr.pts, fr.time_base = sr, s, Fraction(1, sr)
-                for p in as_.encode(fr):
-                    c.mux(p)
-            for p in as_.encode():
-                c.mux(p)
-    return path
+    return write_av(path, n_frames=n_frames, fps=fps, audio=audio, sr=sr, layout=layout, vcodec=codec, acodec=acodec)
 
 
 def tone(seconds, sr, hz=440.0):
@@ -190,15 +166,7 @@ def test_a_hole_in_the_audio_keeps_later_sound_in_time(tmp_path):
 
 # ---------------------------------------------------------------------------------------- damaged files
 def test_no_video_stream(tmp_path):
-    with av.open(str(tmp_path / "a.mp4"), "w") as c:
-        s = c.add_stream("aac", rate=16_000, layout="mono")
-        for k in range(0, 16_000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts, f.time_base = 16_000, k, Fraction(1, 16_000)
-            for pkt in s.encode(f):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
+    write_audio_only(tmp_path / "a.mp4")
     with pytest.raises(InputError, match="a.mp4: no video stream"):
         probe_video(tmp_path / "a.mp4")
 

@@ -8,15 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from media_helpers import write_audio_only
 from pipeline.cli import app
 from pipeline.config import DataConfig, DemoConfig, FramesConfig
 from pipeline.errors import InputError
@@ -218,15 +217,7 @@ def damage(root: Path, what: str) -> str:
         return f"{p}:1: trial name: '../../outside' is not a plain name"
     if what == "no-video-stream":
         p = next((root / "videos").rglob("demo02.mp4"))
-        with av.open(str(p), "w") as c:  # an .mp4 holding audio only
-            s = c.add_stream("aac", rate=16_000, layout="mono")
-            for k in range(0, 16_000, 1024):
-                f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-                f.sample_rate, f.pts, f.time_base = 16_000, k, Fraction(1, 16_000)
-                for pkt in s.encode(f):
-                    c.mux(pkt)
-            for pkt in s.encode():
-                c.mux(pkt)
+        write_audio_only(p)
         return f"{p}: no video stream"
     if what == "no-decodable-frame":
         p = next((root / "videos").rglob("demo02.mp4"))
