@@ -13,9 +13,12 @@ track, and with two people the two largest are the left and the right one (by me
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -24,6 +27,8 @@ from pipeline.config import FacesConfig
 from pipeline.errors import InputError
 from pipeline.faces.mtcnn import MTCNN, Faces, nms
 from pipeline.faces.tracker import IoUTracker
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -113,6 +118,48 @@ def decode(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
             raise InputError(f"{path}: cannot decode video: {e}") from None
 
 
+def read_ahead(items: Iterator[T], depth: int = 8) -> Iterator[T]:
+    """``items`` in order, produced up to ``depth`` ahead by a thread: decoding (PyAV releases the interpreter lock
+    while FFmpeg works) overlaps with the caller's detection. An exception in the producer is raised here, in order;
+    a consumer that stops early stops the producer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((done, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's own clean-up (the video file is closed) runs in this thread
+                close()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def stream_rate(path: Path) -> tuple[float, int]:
     """(frames per second, estimated frame count from the container; 0 when unknown)."""
     with open_video(path) as c:
@@ -165,7 +212,7 @@ def follow_video(
     times: list[float | None] = []
     width = height = 0
     spent, pending = 0.0, 0
-    for i, (t, rgb) in enumerate(decode(path)):
+    for i, (t, rgb) in enumerate(read_ahead(decode(path))):
         height, width = rgb.shape[:2]
         times.append(t)
         t0 = time.perf_counter()

@@ -1,0 +1,59 @@
+"""`read_ahead`: the decoder thread that overlaps decoding with detection keeps order, hands over errors, and stops
+when the consumer stops."""
+
+import threading
+import time
+
+import pytest
+
+from pipeline.faces.video import read_ahead
+
+
+def test_items_arrive_in_order_and_all_of_them():
+    assert list(read_ahead(iter(range(1000)), depth=3)) == list(range(1000))
+    assert list(read_ahead(iter([]))) == []
+
+
+def test_a_producer_error_is_raised_after_the_items_before_it():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("damaged frame")
+
+    got = []
+    with pytest.raises(ValueError, match="damaged frame"):
+        for x in read_ahead(items()):
+            got.append(x)
+    assert got == [1, 2]
+
+
+def test_stopping_early_stops_the_producer():
+    made = []
+
+    def items():
+        for i in range(10_000):
+            made.append(i)
+            yield i
+
+    before = threading.active_count()
+    for x in read_ahead(items(), depth=4):
+        if x == 5:
+            break
+    time.sleep(0.3)
+    assert len(made) < 20  # at most a queue's worth past the last one taken
+    assert threading.active_count() == before  # the thread has ended
+
+
+def test_the_source_generator_is_closed_when_the_consumer_stops():
+    closed = []
+
+    def items():
+        try:
+            yield from range(100)
+        finally:
+            closed.append(True)
+
+    for x in read_ahead(items(), depth=2):
+        if x == 1:
+            break
+    assert closed == [True]
