@@ -57,3 +57,14 @@ def test_the_source_generator_is_closed_when_the_consumer_stops():
         if x == 1:
             break
     assert closed == [True]
+
+
+def test_a_consumer_that_stops_while_the_queue_is_full_at_the_end_does_not_hang():
+    # the producer reaches the end of its items with the queue full just as the consumer gives up
+    gen = read_ahead(iter(range(3)), depth=2)
+    assert next(gen) == 0
+    time.sleep(0.3)  # the producer has queued 1 and 2 and now waits to queue its end marker
+    closer = threading.Thread(target=gen.close, daemon=True)
+    closer.start()
+    closer.join(timeout=2.0)
+    assert not closer.is_alive(), "closing the consumer hangs on the producer's last put"

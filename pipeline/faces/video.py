@@ -126,20 +126,24 @@ def read_ahead(items: Iterator[T], depth: int = 8) -> Iterator[T]:
     stop = threading.Event()
     done = object()
 
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        """Queue ``entry`` unless the consumer has stopped (then False): a full queue never blocks the thread."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            q.put((done, None))
+            put((done, None))
         except BaseException as e:  # handed to the consumer
-            q.put((done, e))
+            put((done, e))
         finally:
             close = getattr(items, "close", None)
             if close is not None:  # a generator's own clean-up (the video file is closed) runs in this thread
