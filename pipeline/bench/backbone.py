@@ -14,6 +14,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,7 @@ def time_steps(model: BackboneNet, cfg: BackboneConfig, batch: tuple, dev: torch
         train_step(model, optim, scaler, batch, step_generator(0, 0, step), cfg.lr, cfg, None, dev, adtype)
         step += 1
 
-    for _ in range(WARMUP_STEPS):
-        one()
-    _sync(dev)
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        one()
-        n += 1
-        if dev.type == "cuda" and n % 4:
-            continue
-        _sync(dev)
-    _sync(dev)
-    return n * len(batch[0]) / (time.perf_counter() - t0)
+    return _calls_per_s(one, dev, seconds, WARMUP_STEPS, sync_every=4) * len(batch[0])
 
 
 @torch.inference_mode()
@@ -67,14 +57,23 @@ def time_eval(model: BackboneNet, frames: torch.Tensor, dev: torch.device, secon
         with torch.autocast(dev.type, dtype=adtype, enabled=adtype is not None):
             model(preprocess(frames).contiguous(memory_format=torch.channels_last))
 
-    one()
+    return _calls_per_s(one, dev, seconds, warmup=1, sync_every=None) * len(frames)
+
+
+def _calls_per_s(one: Callable[[], None], dev: torch.device, seconds: float, warmup: int, sync_every: int | None) -> float:
+    """Calls of ``one`` per second after ``warmup`` calls, over at least ``seconds`` and 3 calls; the device is
+    synchronised every ``sync_every`` calls (None: only at the end) and before the clock stops."""
+    for _ in range(warmup):
+        one()
     _sync(dev)
     n, t0 = 0, time.perf_counter()
     while n < 3 or time.perf_counter() - t0 < seconds:
         one()
         n += 1
+        if sync_every is not None and n % sync_every == 0:
+            _sync(dev)
     _sync(dev)
-    return n * len(frames) / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0)
 
 
 def decode_rate(seconds: float = 2.0, size: int = 48) -> float:
