@@ -112,10 +112,11 @@ def backbone(
     from pipeline.stages import backbone as stage
 
     raw = config.read_params(params)
-    stage.run(
-        config.section("backbone", params, raw), config.section("frames", params, raw).size, out, metrics, plots,
-        device=device,
-    )
+    with guard(out, metrics, plots):
+        stage.run(
+            config.section("backbone", params, raw), config.section("frames", params, raw).size, out, metrics, plots,
+            device=device,
+        )
 
 
 @app.command()

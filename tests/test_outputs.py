@@ -71,6 +71,9 @@ def test_read_only_output_folder_fails_before_any_work(tmp_path, tmpfs):
     r = invoke("train", "--fold", "0", "--prepared", str(prepared), "--features", str(features),
                "--models", str(ro / "models"), "--metrics", str(tmp_path / "metrics"))
     one_line_error(r, str(ro / "models"), "Read-only")
+    r = invoke("backbone", "--out", str(ro / "backbone"), "--metrics", str(tmp_path / "b.json"),
+               "--plots", str(tmp_path / "b"))
+    one_line_error(r, str(ro / "backbone"), "Read-only")
     assert digest(prepared) == before
 
 
