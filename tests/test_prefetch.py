@@ -1,12 +1,12 @@
-"""`read_ahead`: the decoder thread that overlaps decoding with detection keeps order, hands over errors, and stops
-when the consumer stops."""
+"""`read_ahead`: the thread that produces items ahead (video frames before face detection, training batches before
+the training step) keeps order, hands over errors, and stops when the consumer stops."""
 
 import threading
 import time
 
 import pytest
 
-from pipeline.faces.video import read_ahead
+from pipeline.prefetch import read_ahead
 
 
 def test_items_arrive_in_order_and_all_of_them():

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from pipeline import config
 from pipeline.bank import FeatureBank
+from pipeline.prefetch import read_ahead
 from pipeline.devices import amp_dtype, resolve_device
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import INDEX_FORMAT, PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels, write_labels
@@ -287,7 +288,7 @@ def run(work: Path, device: str = "auto", frames: int | None = None, paper_size:
 
     def pipeline_steps() -> None:  # the real step: gather from the bank, then train (as train.run does)
         make = (bank.batch(w, norm, zm) for w in plan[:k])
-        stage.train_epoch(model, stage.prefetched(make, stage.PREFETCH) if on_host else make, optim, sched, scaler,
+        stage.train_epoch(model, read_ahead(make, stage.PREFETCH) if on_host else make, optim, sched, scaler,
                           adtype, times)
 
     pipe_wps = _rate(pipeline_steps, dev, k * b, warmup=0)

@@ -13,12 +13,9 @@ track, and with two people the two largest are the left and the right one (by me
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import av
 import numpy as np
@@ -27,8 +24,7 @@ from pipeline.config import FacesConfig
 from pipeline.errors import InputError
 from pipeline.faces.mtcnn import MTCNN, Faces, nms
 from pipeline.faces.tracker import IoUTracker
-
-T = TypeVar("T")
+from pipeline.prefetch import read_ahead
 
 
 @dataclass
@@ -116,52 +112,6 @@ def decode(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
                 yield frame.time, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
             raise InputError(f"{path}: cannot decode video: {e}") from None
-
-
-def read_ahead(items: Iterator[T], depth: int = 8) -> Iterator[T]:
-    """``items`` in order, produced up to ``depth`` ahead by a thread: decoding (PyAV releases the interpreter lock
-    while FFmpeg works) overlaps with the caller's detection. An exception in the producer is raised here, in order;
-    a consumer that stops early stops the producer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(entry: tuple[object, BaseException | None]) -> bool:
-        """Queue ``entry`` unless the consumer has stopped (then False): a full queue never blocks the thread."""
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as e:  # handed to the consumer
-            put((done, e))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:  # a generator's own clean-up (the video file is closed) runs in this thread
-                close()
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = q.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def stream_rate(path: Path) -> tuple[float, int]:

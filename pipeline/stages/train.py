@@ -23,11 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import queue
 import random
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from pipeline.io.prepared import load_folds, read_labels
 from pipeline.metrics import ccc_loss, ccc_va, json_float
 from pipeline.nn import FusionModel
 from pipeline.normalise import Normaliser
+from pipeline.prefetch import read_ahead
 from pipeline.windows import INFER_BATCH, epoch_windows, predict, window_starts
 
 GRAD_CLIP = 1.0  # max gradient norm; CCC loss spikes on near-constant batches
@@ -92,27 +91,6 @@ def epoch_batches(
         bank.windows(trial[order[i : i + cfg.batch]], start[order[i : i + cfg.batch]], cfg.window)
         for i in range(0, len(order), cfg.batch)
     ]
-
-
-def prefetched(make: Iterable[Any], depth: int) -> Iterator[Any]:
-    """Items of ``make`` produced ``depth`` ahead in a background thread (the gather of host-resident rows and
-    their copy to the GPU overlap the training step); exceptions re-raised here."""
-    q: queue.Queue = queue.Queue(depth)
-    done = object()
-
-    def work() -> None:
-        try:
-            for item in make:
-                q.put(item)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
-        q.put(done)
-
-    threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 @dataclass
@@ -261,7 +239,7 @@ def run(
         t_epoch = time.perf_counter()
         plan = epoch_batches(bank, lengths, train_cfg, [train_cfg.seed, fold, epoch], order_gen)
         make = (bank.batch(w, norm, model_cfg.zero_missing) for w in plan)
-        loss = train_epoch(model, prefetched(make, PREFETCH) if on_host else make, optim, sched, scaler, adtype, times)
+        loss = train_epoch(model, read_ahead(make, PREFETCH) if on_host else make, optim, sched, scaler, adtype, times)
         state["step"] += len(plan)
 
         model.eval()
