@@ -2,7 +2,7 @@
 
 A command loads the params sections its stage reads (the same keys dvc.yaml lists for it), turns path options into
 ``Path`` objects and calls ``pipeline.stages.<stage>.run``. Path defaults equal the paths in dvc.yaml, which is the
-one place they are decided. Errors a user can fix (:class:`~pipeline.errors.PipelineError`) print one line naming
+one place they are decided. Errors a user can fix (:class:`~pipeline.common.errors.PipelineError`) print one line naming
 the file and the problem and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
@@ -16,9 +16,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pipeline import config
-from pipeline.outputs import guard
-from pipeline.errors import PipelineError
+from pipeline.common import config
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import guard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Throughput benchmarks (print JSON lines).")
@@ -266,7 +266,7 @@ def ablation(
     jobs: Annotated[int, typer.Option(help="queue workers with --run")] = 1,
 ) -> None:
     """Queue the eight LA-SE / TCN / Transformer combinations of the paper's Table 2 as DVC experiments."""
-    from pipeline.stages import ablation as stage
+    from pipeline.commands import ablation as stage
 
     if report:
         stage.report(sys.stdout)
@@ -286,7 +286,7 @@ def analyze(
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Per-frame valence and arousal of any video with the trained folds: <out>/<stem>.csv and .png."""
-    from pipeline import analyze as command
+    from pipeline.commands import analyze as command
 
     raw = config.read_params(params)
     with guard(out):

@@ -20,7 +20,7 @@ from pipeline.io.prepared import (
     write_labels,
     write_wav,
 )
-from pipeline.timebase import SAMPLE_RATE
+from pipeline.io.timebase import SAMPLE_RATE
 
 REALMEDIA = Path(__file__).resolve().parents[2] / "shared" / "realmedia"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DemoConfig
-from pipeline.errors import InputError
+from pipeline.common.config import DemoConfig
+from pipeline.common.errors import InputError
 from pipeline.faces.align import TEMPLATE, align_face
 from pipeline.io import affectnet as A
 from pipeline.stages import demo

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_crop import write_video
 from typer.testing import CliRunner
 
-from pipeline import analyze
 from pipeline.bench.analyze import make_models
 from pipeline.cli import app
-from pipeline.config import FeaturesConfig, IResNetConfig
-from pipeline.errors import InputError
+from pipeline.commands import analyze
+from pipeline.common.config import FeaturesConfig, IResNetConfig
+from pipeline.common.errors import InputError
 from pipeline.faces.video import decode
-from test_crop import write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
 
@@ -214,8 +214,8 @@ def test_csv_and_spans_by_hand(tmp_path):
 def test_bench_stand_in_models_use_random_init_extractors(tmp_path):
     """`bench analyze` without --models labels its models "random-init extractors": its params say so too, whatever
     weights the repository's params name (the demo's backbone.pth need not exist yet)."""
-    from pipeline import config
     from pipeline.bench.analyze import random_init_params
+    from pipeline.common import config
 
     src = tmp_path / "params.yaml"
     src.write_text(yaml.safe_dump({

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.io.annotations import read_annotation, read_test_list
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from media_helpers import clicks, write_av
-from pipeline.config import DataConfig, FramesConfig, MFCCConfig
+
+from pipeline.common.config import DataConfig, FramesConfig, MFCCConfig
 from pipeline.io.annotations import ANNOTATION_DIR
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import load_index

@@ -18,13 +18,13 @@ from sklearn.metrics import f1_score
 from test_extractors import _ArcfaceIResNet50  # the independent transcription of arcface_torch's IResNet-50
 from typer.testing import CliRunner
 
-from pipeline import metrics
 from pipeline.cli import app
-from pipeline.config import BackboneConfig, DemoConfig, IResNetConfig
+from pipeline.common.config import BackboneConfig, DemoConfig, IResNetConfig
 from pipeline.extractors import build
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
 from pipeline.extractors.weights import RANDOM_INIT, RandomInitWarning, sha256_file
 from pipeline.io.affectnet import read_split
+from pipeline.scoring import metrics
 from pipeline.stages import backbone as B
 from pipeline.stages import demo
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import bank as bank_mod
-from pipeline.bank import FeatureBank, choose_placement
 from pipeline.bench.train import make_synthetic
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import read_labels
-from pipeline.normalise import Normaliser
-from pipeline.windows import predict, window_starts
+from pipeline.training import bank as bank_mod
+from pipeline.training.bank import FeatureBank, choose_placement
+from pipeline.training.normalise import Normaliser
+from pipeline.training.windows import predict, window_starts
 
 SHAPES = {"iresnet": (8, 2, 2), "vggish": (6,), "mfcc": (4,)}
 MODS = list(SHAPES)

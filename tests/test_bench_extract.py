@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.bench import extract as bench
 from pipeline.cli import app
-from pipeline.config import IResNetConfig, VGGishConfig
+from pipeline.common.config import IResNetConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import FrameReader, load_index

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.config import ModelConfig, as_dict
-from pipeline.errors import InputError
+from pipeline.common.config import ModelConfig, as_dict
+from pipeline.common.errors import InputError
 from pipeline.nn import FusionModel
-from pipeline.normalise import Normaliser
+from pipeline.training import checkpoint
+from pipeline.training.normalise import Normaliser
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,)}
 MODEL = ModelConfig(modalities=("iresnet", "vggish"), tcn_channels=8, tcn_levels=1, d_model=16, heads=2, layers=1,

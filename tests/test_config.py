@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.config import ConfigError
+from pipeline.common import config
+from pipeline.common.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

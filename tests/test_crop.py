@@ -18,8 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import DataConfig, DemoConfig, FacesConfig, FramesConfig
-from pipeline.errors import InputError
+from pipeline.common.config import DataConfig, DemoConfig, FacesConfig, FramesConfig
+from pipeline.common.errors import InputError
 from pipeline.faces.align import align_face
 from pipeline.faces.mtcnn import MTCNN
 from pipeline.faces.video import decode

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DemoConfig
+from pipeline.common.config import DemoConfig
 from pipeline.io.annotations import read_annotation
 from pipeline.io.media import decode_audio, find_videos, probe_video
 from pipeline.stages import demo

@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from pipeline import devices
-from pipeline.errors import PipelineError
+from pipeline.common import devices
+from pipeline.common.errors import PipelineError
 
 
 def test_auto_and_explicit_devices():
@@ -27,7 +27,7 @@ def test_auto_and_explicit_devices():
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from pipeline import devices
+    from pipeline.common import devices
     print(devices.claim_gpu(int(sys.argv[1]), wait=False), flush=True)
     time.sleep(30)
     """

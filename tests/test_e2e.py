@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dvc_repo import SMALL, make_repo, sh  # tests/dvc_repo.py
 
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from pipeline.bench.train import make_synthetic
-from pipeline.config import ModelConfig, PostprocessConfig, SplitConfig, TrainConfig, as_dict
-from pipeline.errors import InputError
+from pipeline.common.config import ModelConfig, PostprocessConfig, SplitConfig, TrainConfig, as_dict
+from pipeline.common.errors import InputError
 from pipeline.io.prepared import load_index
-from pipeline.stages import ablation, evaluate, predict, train
+from pipeline.commands import ablation
+from pipeline.stages import evaluate, predict, train
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 MODEL = ModelConfig(tcn_channels=8, tcn_levels=2, tcn_kernel=3, d_model=16, heads=2, layers=1, ff_dim=32, head_hidden=8)
@@ -88,7 +89,7 @@ def _ccc_by_hand(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_evaluate_records_provenance(trained, tmp_path):
-    from pipeline import provenance
+    from pipeline.common import provenance
     from pipeline.io.features import FeatureStore
 
     doc = _evaluate(trained, tmp_path)
@@ -158,7 +159,7 @@ def test_pick_trials_spans_the_fold():
 
 
 def test_curves_break_at_unannotated_gaps():
-    from pipeline.curves import with_gaps
+    from pipeline.scoring.curves import with_gaps
 
     t = np.array([0.0, 0.04, 0.08, 1.0, 1.04])  # 22 frames missing after 0.08 s
     y = np.arange(5.0)
@@ -278,7 +279,7 @@ def test_ablation_table_from_exp_show():
 
 
 def test_paper_tables_ship_with_the_package():
-    from pipeline import paper
+    from pipeline.scoring import paper
 
     t2 = paper.table2()
     assert len(t2) == 8 and t2[(True, True, True)] == 0.6356 and t2[(False, False, False)] == 0.3108

@@ -14,15 +14,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.config import IResNetConfig, MFCCConfig, VGGishConfig
+from pipeline.common.config import IResNetConfig, MFCCConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.extractors import mfcc as M
 from pipeline.extractors.audio import AudioSource
 from pipeline.extractors.weights import RandomInitWarning
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import audio_sha256, load_index
+from pipeline.io.timebase import Timestamps, frame_times
 from pipeline.stages import extract
-from pipeline.timebase import Timestamps, frame_times
 
 torch.set_num_threads(2)
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
@@ -260,7 +260,7 @@ def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6)
 
     from PIL import Image
 
-    from pipeline.config import DataConfig, FramesConfig
+    from pipeline.common.config import DataConfig, FramesConfig
     from pipeline.io.media import iter_video_frames
     from pipeline.stages import prepare
 
@@ -284,7 +284,7 @@ def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6)
 @pytest.mark.slow
 def test_realmedia_videos_go_through(realmedia, tmp_path):
     from pipeline.io.prepared import read_audio
-    from pipeline.timebase import audio_mask, audio_source_rows, track_seconds
+    from pipeline.io.timebase import audio_mask, audio_source_rows, track_seconds
 
     _prepare_realmedia(realmedia, tmp_path / "root", tmp_path / "prepared")
     index = load_index(tmp_path / "prepared")

@@ -14,7 +14,7 @@ from torch import nn
 from torchvggish.torchvggish import Postprocessor
 from torchvggish.vggish_input import waveform_to_examples
 
-from pipeline.config import IResNetConfig, VGGishConfig
+from pipeline.common.config import IResNetConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.extractors import mfcc as M
 from pipeline.extractors import vggish as V

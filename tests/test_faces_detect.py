@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.common.config import FacesConfig
 from pipeline.faces import mtcnn as M
 from pipeline.faces.align import TEMPLATE, align_face
-from pipeline.config import FacesConfig
 from pipeline.faces.video import decode, follow_video, min_track_frames
 
 

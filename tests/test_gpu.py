@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.bench.train import make_synthetic
+from pipeline.common.config import IResNetConfig, ModelConfig, TrainConfig, VGGishConfig
 from pipeline.io.features import FeatureStore
-from pipeline.config import IResNetConfig, ModelConfig, TrainConfig, VGGishConfig
 from pipeline.stages import extract, train
 
 pytestmark = [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dvc_repo import DVC, make_repo, sh  # tests/dvc_repo.py
+
 from pipeline.io.features import FeatureStore
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,17 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-
 from media_helpers import clicks, first_click, write_audio_only, write_av
-from pipeline.errors import InputError
-from pipeline.io.media import decode_audio, decode_audio_track, find_videos, iter_video_frames, probe_video, video_for_trial
+
+from pipeline.common.errors import InputError
+from pipeline.io.media import (
+    decode_audio,
+    decode_audio_track,
+    find_videos,
+    iter_video_frames,
+    probe_video,
+    video_for_trial,
+)
 
 
 def encode(path, n_frames=12, fps=25, audio=None, sr=44_100, layout="stereo", codec="libx264", acodec="aac"):
@@ -104,7 +111,7 @@ def test_left_right_trials_share_their_video():
 )
 def test_a_click_is_heard_at_its_video_time(tmp_path, case, kw):
     """A click at container time 1.0 s must sit at WAV sample round((t - audio_offset) * 16000), t = 1.0 s on the
-    video timeline (0 = the first frame): the arithmetic pipeline/timebase.py documents."""
+    video timeline (0 = the first frame): the arithmetic pipeline/io/timebase.py documents."""
     kw = dict(kw)
     suffix = kw.pop("suffix", ".mp4")
     sr = kw.get("sr", 44_100)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import PostprocessConfig
-from pipeline.metrics import ccc, ccc_loss, ccc_torch, ccc_va, json_float
-from pipeline.postprocess import smooth, smooth_1d
+from pipeline.common.config import PostprocessConfig
+from pipeline.scoring.metrics import ccc, ccc_loss, ccc_torch, ccc_va, json_float
+from pipeline.scoring.postprocess import smooth, smooth_1d
 
 
 def ccc_pearson(x: np.ndarray, y: np.ndarray) -> float:

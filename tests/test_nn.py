@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
+from pipeline.common.config import ModelConfig
 from pipeline.nn import SE, TCN, FusionModel, LANet, MapPool
 
 SHAPES = {"iresnet": (32, 3, 3), "vggish": (16,), "mfcc": (8,)}

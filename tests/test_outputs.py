@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from pipeline.bench.train import make_synthetic
 from pipeline.cli import app
-from pipeline.errors import PipelineError
-from pipeline.outputs import OutputError, guard
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import OutputError, guard
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 

@@ -1,4 +1,4 @@
-"""The paper's tables ship with `pip install`: a wheel built from the project holds pipeline/paper/tables.json."""
+"""The paper's tables ship with `pip install`: a wheel built from the project holds pipeline/scoring/paper_tables.json."""
 
 from __future__ import annotations
 
@@ -29,5 +29,5 @@ def test_wheel_ships_the_paper_tables(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("va_pipeline-*.whl")
     with zipfile.ZipFile(wheel) as z:
-        shipped = json.loads(z.read("pipeline/paper/tables.json"))
-    assert shipped == json.loads((ROOT / "pipeline" / "paper" / "tables.json").read_text())
+        shipped = json.loads(z.read("pipeline/scoring/paper_tables.json"))
+    assert shipped == json.loads((ROOT / "pipeline" / "scoring" / "paper_tables.json").read_text())

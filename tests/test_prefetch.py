@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.prefetch import read_ahead
+from pipeline.common.prefetch import read_ahead
 
 
 def test_items_arrive_in_order_and_all_of_them():

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_helpers import write_audio_only
 from PIL import Image
 from typer.testing import CliRunner
 
-from media_helpers import write_audio_only
 from pipeline.cli import app
-from pipeline.config import DataConfig, DemoConfig, FramesConfig
-from pipeline.errors import InputError
+from pipeline.common.config import DataConfig, DemoConfig, FramesConfig
+from pipeline.common.errors import InputError
 from pipeline.io.annotations import read_annotation
 from pipeline.io.media import probe_video
 from pipeline.io.prepared import FrameReader, audio_sha256, frames_sha256, load_index, read_audio, read_labels

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.io.prepared import (
     INDEX_FORMAT,
     FrameReader,
@@ -17,7 +17,7 @@ from pipeline.io.prepared import (
     read_audio,
     read_labels,
 )
-from pipeline.timebase import Timestamps
+from pipeline.io.timebase import Timestamps
 
 SPEC = {
     "a": {"n": 30, "split": "train"},

@@ -1,6 +1,6 @@
 import subprocess
 
-from pipeline import provenance
+from pipeline.common import provenance
 
 
 def test_code_commit_is_this_checkouts_head():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, FramesConfig
+from pipeline.common.config import DataConfig, FramesConfig
 from pipeline.io.media import iter_video_frames
 from pipeline.io.prepared import FrameReader, load_index, read_audio, read_labels
 from pipeline.stages import prepare

@@ -48,7 +48,7 @@ def test_manifest_tracks_changes(tmp_path):
 def test_missing_root(tmp_path):
     import pytest
 
-    from pipeline.errors import InputError
+    from pipeline.common.errors import InputError
 
     with pytest.raises(InputError, match="data.root does not exist"):
         scan.run(tmp_path / "nope", tmp_path / "m.json")

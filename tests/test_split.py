@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipeline.config import SplitConfig
-from pipeline.errors import InputError
+from pipeline.common.config import SplitConfig
+from pipeline.common.errors import InputError
 from pipeline.io.prepared import Trial
 from pipeline.stages import split
 

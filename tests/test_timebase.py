@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
-from fractions import Fraction
-
-from pipeline.timebase import (
+from pipeline.io.timebase import (
     Timestamps,
     align_length,
     audio_mask,

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.bank import FeatureBank
 from pipeline.bench.train import make_synthetic
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.errors import PipelineError
+from pipeline.common.config import ModelConfig, TrainConfig
+from pipeline.common.errors import PipelineError
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import load_folds, read_labels
 from pipeline.nn import FusionModel
 from pipeline.stages import train
+from pipeline.training import checkpoint
+from pipeline.training.bank import FeatureBank
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 MODEL = ModelConfig(tcn_channels=8, tcn_levels=2, tcn_kernel=3, d_model=16, heads=2, layers=1, ff_dim=32, head_hidden=8)

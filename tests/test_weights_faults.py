@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import IResNetConfig, VGGishConfig
+from pipeline.common.config import IResNetConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.extractors.iresnet import IResNet
 from pipeline.extractors.weights import WeightsError, load_state_dict

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.windows import epoch_windows, window_starts
+from pipeline.training.windows import epoch_windows, window_starts
 
 
 @pytest.mark.parametrize(("n", "window", "hop", "offset"), [(10, 4, 2, 0), (10, 4, 3, 0), (300, 300, 200, 0), (5, 8, 4, 0), (1000, 300, 200, 0), (1000, 300, 200, 137), (11, 4, 3, 2)])

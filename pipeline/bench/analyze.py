@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline import config
-from pipeline.errors import InputError
+from pipeline.common import config
+from pipeline.common.errors import InputError
 from pipeline.faces.align import align_face
 from pipeline.faces.mtcnn import MTCNN
 from pipeline.faces.tracker import IoUTracker
@@ -47,8 +47,8 @@ def make_models(root: Path, params: Path = config.DEFAULT_PARAMS, folds: int = 2
     Returns the models folder."""
     import torch
 
-    from pipeline.analyze import extractor_record
     from pipeline.bench.train import make_synthetic
+    from pipeline.commands.analyze import extractor_record
     from pipeline.extractors import build
     from pipeline.stages import train
 

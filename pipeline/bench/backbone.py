@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import BackboneConfig
-from pipeline.devices import amp_dtype, resolve_device
+from pipeline.common.config import BackboneConfig
+from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
 from pipeline.io.affectnet import N_CLASSES, load_face
 from pipeline.stages.backbone import BackboneNet, make_optimizer, step_generator, train_step

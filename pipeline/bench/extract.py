@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import DataConfig, DemoConfig, FramesConfig, IResNetConfig, MFCCConfig, VGGishConfig
+from pipeline.common.config import DataConfig, DemoConfig, FramesConfig, IResNetConfig, MFCCConfig, VGGishConfig
 from pipeline.extractors import build
 from pipeline.extractors.audio import AudioSource
 from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, Video, index_to_json, load_index

@@ -37,15 +37,24 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from tqdm import tqdm
 
-from pipeline import config
-from pipeline.bank import FeatureBank
-from pipeline.prefetch import read_ahead
-from pipeline.devices import amp_dtype, resolve_device
+from pipeline.common import config
+from pipeline.common.devices import amp_dtype, resolve_device
+from pipeline.common.prefetch import read_ahead
 from pipeline.io.features import FeatureStore
-from pipeline.io.prepared import INDEX_FORMAT, PreparedIndex, Trial, Video, index_to_json, load_folds, read_labels, write_labels
+from pipeline.io.prepared import (
+    INDEX_FORMAT,
+    PreparedIndex,
+    Trial,
+    Video,
+    index_to_json,
+    load_folds,
+    read_labels,
+    write_labels,
+)
+from pipeline.io.timebase import SAMPLE_RATE
 from pipeline.nn import FusionModel
-from pipeline.timebase import SAMPLE_RATE
-from pipeline.windows import inference_windows, predict, window_starts
+from pipeline.training.bank import FeatureBank
+from pipeline.training.windows import inference_windows, predict, window_starts
 
 BENCH_STEPS = 12  # optimiser steps measured (after one warm-up epoch's worth is not needed: CPU has no warm-up)
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipeline.config import IResNetConfig, MFCCConfig, VGGishConfig, as_dict
-from pipeline.devices import resolve_device
+from pipeline.common.config import IResNetConfig, MFCCConfig, VGGishConfig, as_dict
+from pipeline.common.devices import resolve_device
 from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
 
@@ -31,7 +31,7 @@ def code_version(name: str) -> str:
     """sha256 (16 hex) of the sources that decide an extractor's rows: its module, the shared audio / weights
     helpers and the time arithmetic. A store made by other code rebuilds itself (the fingerprint differs)."""
     h = hashlib.sha256()
-    for f in (_HERE / f"{name}.py", _HERE / "audio.py", _HERE / "weights.py", _HERE / "__init__.py", _HERE.parent / "timebase.py"):
+    for f in (_HERE / f"{name}.py", _HERE / "audio.py", _HERE / "weights.py", _HERE / "__init__.py", _HERE.parent / "io" / "timebase.py"):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 

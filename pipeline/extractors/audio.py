@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from pipeline.errors import InputError
-from pipeline.timebase import SAMPLE_RATE
+from pipeline.common.errors import InputError
+from pipeline.io.timebase import SAMPLE_RATE
 
 
 class AudioSource:
-    """A mono float32 track at :data:`~pipeline.timebase.SAMPLE_RATE`: a WAV file (read by range) or an array."""
+    """A mono float32 track at :data:`~pipeline.io.timebase.SAMPLE_RATE`: a WAV file (read by range) or an array."""
 
     def __init__(self, path: str | Path | None = None, samples: np.ndarray | None = None, key: str = "") -> None:
         self.key = key or str(path)  # identifies the track (video) in caches

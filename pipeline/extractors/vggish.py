@@ -5,7 +5,7 @@ The network is ``torchvggish``'s ``VGG(make_layers(), postprocess=False)``, so `
 25 ms window, 10 ms hop, 512-point FFT, 64 mel bands 125-7500 Hz, ``log(mel + 0.01)``; one example = 96 log-mel
 frames (0.96 s + one window) -> (1, 96, 64).
 
-Per frame: the example whose centre is nearest the frame time (:func:`pipeline.timebase.centred_example_start`,
+Per frame: the example whose centre is nearest the frame time (:func:`pipeline.io.timebase.centred_example_start`,
 at most 5 ms off). The reader does not build the (96, 64) examples: it packs, per batch, the contiguous sample
 ranges the batch needs and where each log-mel frame and each example starts in them (:class:`PackedExamples`,
 about 25 times fewer bytes than the examples, which overlap by 95 %). :class:`LogMel` computes the log-mel frames
@@ -29,7 +29,7 @@ from torchvggish import mel_features, vggish_params
 from torchvggish.torchvggish import VGG, make_layers
 
 from pipeline.extractors.audio import AudioSource, runs
-from pipeline.timebase import (
+from pipeline.io.timebase import (
     SAMPLE_RATE,
     centred_example_start,
     frame_span,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 SEED = 0  # torch.manual_seed before building a randomly initialised network
 RANDOM_INIT = "random-init"

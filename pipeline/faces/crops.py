@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.config import FacesConfig
-from pipeline.errors import InputError
+from pipeline.common.config import FacesConfig
+from pipeline.common.errors import InputError
 from pipeline.faces.align import TEMPLATE_SIZE, align_face
 from pipeline.faces.mtcnn import MTCNN, Faces
 from pipeline.faces.video import Track, VideoFaces, follow_video, main_tracks, min_track_frames

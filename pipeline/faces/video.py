@@ -20,11 +20,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.config import FacesConfig
-from pipeline.errors import InputError
+from pipeline.common.config import FacesConfig
+from pipeline.common.errors import InputError
+from pipeline.common.prefetch import read_ahead
 from pipeline.faces.mtcnn import MTCNN, Faces, nms
 from pipeline.faces.tracker import IoUTracker
-from pipeline.prefetch import read_ahead
 
 
 @dataclass

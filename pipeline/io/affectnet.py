@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.faces.align import TEMPLATE_SIZE, align_face
 
 Split = Literal["train", "val"]

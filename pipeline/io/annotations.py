@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.io.names import check_name
 
 SPLIT_DIRS = {"train": "Train_Set", "val": "Validation_Set"}

@@ -47,7 +47,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read and of resuming
 RECORD_EVERY_S = 1.0  # a killed run redoes at most this much work per bucket

@@ -21,9 +21,9 @@ from typing import Literal
 import av
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.io.names import check_name
-from pipeline.timebase import SAMPLE_RATE, Timestamps, timestamps_from_pts
+from pipeline.io.timebase import SAMPLE_RATE, Timestamps, timestamps_from_pts
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # Aff-Wild2 ships .mp4 and .avi
 RATE_MISMATCH = 0.01  # relative difference between stated and timestamp frame rates that earns a warning

@@ -4,7 +4,7 @@ plain name. ``..``, ``.``, absolute paths and path separators (``/``, ``\\``) wo
 
 from __future__ import annotations
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 
 
 def check_name(name: str, where: str) -> str:

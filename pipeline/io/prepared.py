@@ -10,13 +10,13 @@
      "trials": [{"name": "<trial>", "split": "train" | "val" | "test", "video": "<video>", "fps": 30.0,
                  "n_frames": N, "has_audio": true, "frames": [1, 2, 4, ...], "frames_sha256": "<hex>"}]}
 
-Time (pipeline/timebase.py): a video's timeline starts at 0 = the presentation time of its first frame.
+Time (pipeline/io/timebase.py): a video's timeline starts at 0 = the presentation time of its first frame.
 
 - ``frames``: the trial's 1-based video frame numbers, one per row of every per-trial array downstream;
   :attr:`Trial.times` gives their (N,) seconds on the video timeline.
 - ``fps``: the video's frame rate; frame ``f`` is at ``(f - 1) / fps`` unless ``timestamps`` is set.
 - ``timestamps``: null for a constant-rate video; for a variable-rate one the frames' real presentation times,
-  run-length coded (:class:`~pipeline.timebase.Timestamps`: ``{"time_base": [1, 15360], "runs": [[512, 72], ...]}``),
+  run-length coded (:class:`~pipeline.io.timebase.Timestamps`: ``{"time_base": [1, 15360], "runs": [[512, 72], ...]}``),
   and ``fps`` is then their mean rate.
 - ``n_frames`` of a video: its frame count, ``counted_by`` ``decoding`` (every frame decoded: videos of test trials,
   whose submission has one row per decoded frame) or ``packets`` (demuxed video packets, no decoding: the other
@@ -52,8 +52,8 @@ import h5py
 import numpy as np
 import soundfile as sf
 
-from pipeline.errors import InputError
-from pipeline.timebase import SAMPLE_RATE, Timestamps, frame_times
+from pipeline.common.errors import InputError
+from pipeline.io.timebase import SAMPLE_RATE, Timestamps, frame_times
 
 INDEX_FORMAT = "va-pipeline-prepared/2"
 Split = Literal["train", "val", "test"]

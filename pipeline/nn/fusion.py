@@ -127,7 +127,7 @@ class FusionModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, row_shapes: Mapping[str, tuple[int, ...]], max_len: int) -> "FusionModel":
-        """Build from a :class:`pipeline.config.ModelConfig` (modalities taken from ``row_shapes``)."""
+        """Build from a :class:`pipeline.common.config.ModelConfig` (modalities taken from ``row_shapes``)."""
         return cls(
             row_shapes,
             lase=cfg.lase,

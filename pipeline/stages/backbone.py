@@ -45,16 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import provenance
-from pipeline.config import BackboneConfig, as_dict
-from pipeline.devices import amp_dtype, resolve_device
-from pipeline.errors import InputError
+from pipeline.common import provenance
+from pipeline.common.config import BackboneConfig, as_dict
+from pipeline.common.devices import amp_dtype, resolve_device
+from pipeline.common.errors import InputError
 from pipeline.extractors import iresnet as R
 from pipeline.extractors import weights as W
-from pipeline.io import affectnet as A
 from pipeline.extractors.iresnet import CHANNELS, CONTRACT, IResNet, iresnet50, preprocess, random_init
+from pipeline.io import affectnet as A
 from pipeline.io.affectnet import EXPRESSIONS, N_CLASSES, AffectNetSplit, read_split
-from pipeline.metrics import accuracy, ccc_loss, ccc_va, json_float, macro_f1
+from pipeline.scoring.metrics import accuracy, ccc_loss, ccc_va, json_float, macro_f1
 
 RESUME_FORMAT = "va-pipeline-backbone-resume/1"
 META_FORMAT = "va-pipeline-backbone/1"

@@ -35,8 +35,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.config import DataConfig, FacesConfig, as_dict
-from pipeline.errors import InputError
+from pipeline.common.config import DataConfig, FacesConfig, as_dict
+from pipeline.common.errors import InputError
 from pipeline.faces import crops as C
 from pipeline.faces.mtcnn import MTCNN, weights_digest
 from pipeline.io.annotations import annotation_files, read_test_list

@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter1d
 from tqdm import tqdm
 
-from pipeline.config import DemoConfig
+from pipeline.common.config import DemoConfig
 from pipeline.io import affectnet
 from pipeline.io.annotations import ANNOTATION_DIR, SPLIT_DIRS
 

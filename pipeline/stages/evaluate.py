@@ -32,15 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import checkpoint, paper, provenance
-from pipeline.config import PostprocessConfig, SplitConfig, as_dict
-from pipeline.curves import TrialCurves, draw
-from pipeline.errors import InputError
+from pipeline.common import provenance
+from pipeline.common.config import PostprocessConfig, SplitConfig, as_dict
+from pipeline.common.errors import InputError
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import PreparedIndex, load_folds, load_index, read_labels
-from pipeline.metrics import ccc_va, json_float
-from pipeline.postprocess import smooth
-from pipeline.timebase import frame_times
+from pipeline.io.timebase import frame_times
+from pipeline.scoring import paper
+from pipeline.scoring.curves import TrialCurves, draw
+from pipeline.scoring.metrics import ccc_va, json_float
+from pipeline.scoring.postprocess import smooth
+from pipeline.training import checkpoint
 
 DIMS = ("valence", "arousal", "mean")
 CURVE_TRIALS = 3  # validation trials drawn per fold: the best, the median and the worst by their own mean CCC

@@ -5,7 +5,7 @@ The driver around an extractor (pipeline/extractors): which trials, in what batc
 - Trials come from ``index.json``; every trial gets N rows, one per frame of ``frames`` (at ``Trial.times`` on the
   video timeline). ``iresnet`` reads the crops of ``frames.h5``, mask = ``face``. The audio extractors read
   ``audio/<video>.wav`` around each frame time moved onto the track by the video's ``audio_offset``
-  (pipeline/timebase.py), mask = the video has audio and the frame is heard within the track; frames past the end of
+  (pipeline/io/timebase.py), mask = the video has audio and the frame is heard within the track; frames past the end of
   a short track repeat the last row (paper 3.2), frames before a late-starting track and a video without audio give
   zero rows.
 - Batches cross trial boundaries: a batch is a list of pieces ``(trial, lo, hi)`` filled to ``batch`` frames.
@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import provenance
+from pipeline.common import provenance
 from pipeline.extractors import Extractor, build, code_version
 from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, load_index
-from pipeline.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, track_seconds
+from pipeline.io.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, track_seconds
 
 PREFETCH = 3  # batches prepared ahead of the model
 # Python's thread switch interval during a CUDA run (default 5 ms). The thread that launches GPU work holds the
@@ -140,7 +140,7 @@ class Inputs:
 
     def timing(self, t: Trial, n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per trial: frame times on the WAV's timeline (N,), audio mask (N,), audio source row (N,) (see
-        pipeline.timebase)."""
+        pipeline.io.timebase)."""
         if t.name not in self._timing:
             times = track_seconds(t.times, self.index.videos[t.video].audio_offset)
             mask = audio_mask(times, n_samples)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import checkpoint
-from pipeline.bank import FeatureBank
-from pipeline.config import PostprocessConfig, SplitConfig
-from pipeline.devices import amp_dtype, resolve_device
-from pipeline.errors import InputError
+from pipeline.common.config import PostprocessConfig, SplitConfig
+from pipeline.common.devices import amp_dtype, resolve_device
+from pipeline.common.errors import InputError
 from pipeline.io.prepared import load_index
-from pipeline.postprocess import smooth
-from pipeline.windows import predict
+from pipeline.scoring.postprocess import smooth
+from pipeline.training import checkpoint
+from pipeline.training.bank import FeatureBank
+from pipeline.training.windows import predict
 
 HEADER = "image_location,valence,arousal"
 

@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.config import DataConfig, FramesConfig
-from pipeline.errors import InputError
+from pipeline.common.config import DataConfig, FramesConfig
+from pipeline.common.errors import InputError
 from pipeline.io.annotations import annotation_files, read_annotation, read_test_list
 from pipeline.io.media import decode_audio_track, find_videos, missing_video, probe_video, resolve_video
 from pipeline.io.names import check_name
@@ -54,7 +54,7 @@ from pipeline.io.prepared import (
     write_labels,
     write_wav,
 )
-from pipeline.timebase import SAMPLE_RATE
+from pipeline.io.timebase import SAMPLE_RATE
 
 CHUNK = 512  # crops per worker task
 

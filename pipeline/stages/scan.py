@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.common.errors import InputError
 from pipeline.io.annotations import ANNOTATION_DIR
 from pipeline.io.media import VIDEO_SUFFIXES
 

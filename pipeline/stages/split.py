@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import SplitConfig
-from pipeline.errors import InputError
+from pipeline.common.config import SplitConfig
+from pipeline.common.errors import InputError
 from pipeline.io.prepared import Trial, load_index
 
 

@@ -2,7 +2,7 @@
 
 Writes (paths from dvc.yaml through the CLI)::
 
-    <model_dir>/model.pt             best checkpoint (pipeline/checkpoint.py): weights, model params, row shapes,
+    <model_dir>/model.pt             best checkpoint (pipeline/training/checkpoint.py): weights, model params, row shapes,
                                      normalisation statistics, the features' extractor / weights / parameters
     <model_dir>/val_predictions.npz  {trial: (N, 2) float32} whole-trial predictions of the best epoch
     <model_dir>/meta.json            fold, trials, best epoch, random-init flags, per-trial validation CCC
@@ -13,9 +13,9 @@ Writes (paths from dvc.yaml through the CLI)::
 and, for ``--resume``, ``<model_dir>/../.resume/<fold dir>/last.pt`` after every epoch (outside the stage's DVC
 output, which DVC deletes before a re-run; ``.dvcignore`` keeps it out of ``evaluate``'s dependency on ``models``).
 
-The fold's trials sit in a feature bank (pipeline/bank.py); a batch is one gather of window rows, normalised with
+The fold's trials sit in a feature bank (pipeline/training/bank.py); a batch is one gather of window rows, normalised with
 the training folds' statistics on the compute device. Validation predicts whole trials with overlapping windows of
-every validation trial batched together (pipeline/windows.py).
+every validation trial batched together (pipeline/training/windows.py).
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import checkpoint, provenance
-from pipeline.bank import FeatureBank, Windows
-from pipeline.config import ModelConfig, TrainConfig, as_dict
-from pipeline.devices import amp_dtype, resolve_device
-from pipeline.errors import InputError, PipelineError
+from pipeline.common import provenance
+from pipeline.common.config import ModelConfig, TrainConfig, as_dict
+from pipeline.common.devices import amp_dtype, resolve_device
+from pipeline.common.errors import InputError, PipelineError
+from pipeline.common.prefetch import read_ahead
 from pipeline.io.prepared import load_folds, read_labels
-from pipeline.metrics import ccc_loss, ccc_va, json_float
 from pipeline.nn import FusionModel
-from pipeline.normalise import Normaliser
-from pipeline.prefetch import read_ahead
-from pipeline.windows import INFER_BATCH, epoch_windows, predict, window_starts
+from pipeline.scoring.metrics import ccc_loss, ccc_va, json_float
+from pipeline.training import checkpoint
+from pipeline.training.bank import FeatureBank, Windows
+from pipeline.training.normalise import Normaliser
+from pipeline.training.windows import INFER_BATCH, epoch_windows, predict, window_starts
 
 GRAD_CLIP = 1.0  # max gradient norm; CCC loss spikes on near-constant batches
 MIN_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of train.lr

@@ -20,7 +20,7 @@ Combo = tuple[bool, bool, bool]  # (lase, tcn, transformer)
 @functools.lru_cache(maxsize=1)
 def tables() -> dict[str, Any]:
     """The whole ``tables.json`` document (``source`` holds the citation)."""
-    return json.loads(resources.files(__name__).joinpath("tables.json").read_text(encoding="utf-8"))
+    return json.loads(resources.files("pipeline.scoring").joinpath("paper_tables.json").read_text(encoding="utf-8"))
 
 
 def citation() -> str:

@@ -3,7 +3,7 @@
 ``queue`` runs ``dvc exp run --queue -n <name> -S model.lase=.. -S model.tcn=.. -S model.transformer=..`` for each
 row (and ``dvc queue start -j N`` with ``start``); DVC re-uses the cached demo, prepare, split and extract outputs,
 so only train, evaluate and predict run per row. ``report`` reads ``dvc exp show --json`` and prints the table with
-the paper's value of each row beside ours (:mod:`pipeline.paper`).
+the paper's value of each row beside ours (:mod:`pipeline.scoring.paper`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from pipeline import paper
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
+from pipeline.scoring import paper
 
 CV_FILE = "metrics/cv.json"
 SWITCHES = ("lase", "tcn", "transformer")

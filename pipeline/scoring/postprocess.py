@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import median_filter, uniform_filter1d
 
-from pipeline.config import PostprocessConfig
+from pipeline.common.config import PostprocessConfig
 
 SAVGOL_ORDER = 2  # polynomial order of the Savitzky-Golay filter
 

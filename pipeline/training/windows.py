@@ -2,7 +2,7 @@
 inference with overlapping windows averaged per frame (DESIGN.md "Model").
 
 A window is ``window`` consecutive frames of one trial; a trial shorter than that gives one window whose frames
-past the trial's end are padding (masked out). Batches are gathered from a :class:`~pipeline.bank.FeatureBank`.
+past the trial's end are padding (masked out). Batches are gathered from a :class:`~pipeline.training.bank.FeatureBank`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.bank import FeatureBank
-from pipeline.normalise import Normaliser
+from pipeline.training.bank import FeatureBank
+from pipeline.training.normalise import Normaliser
 
 INFER_BATCH = 32  # windows per inference batch (no gradients: larger than a training batch)
 

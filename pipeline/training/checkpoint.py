@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.errors import InputError
+from pipeline.common.config import ModelConfig
+from pipeline.common.errors import InputError
 from pipeline.nn import FusionModel
-from pipeline.normalise import Normaliser
+from pipeline.training.normalise import Normaliser
 
 FORMAT = "va-pipeline-model/2"
 FEATURE_KEYS = ("extractor", "weights", "parameters")  # what must agree between a checkpoint and the stores

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -217,7 +217,7 @@ class TrainConfig:
     weight_decay: float = Field(1e-2, ge=0)
     warmup_epochs: int = Field(2, ge=0)
     patience: int = Field(8, ge=1)  # early stopping on validation mean CCC
-    # Where the feature bank keeps each modality's rows (pipeline/bank.py): auto | device | pinned | mmap
+    # Where the feature bank keeps each modality's rows (pipeline/training/bank.py): auto | device | pinned | mmap
     bank: Literal["auto", "device", "pinned", "mmap"] = "auto"
 
     @model_validator(mode="after")

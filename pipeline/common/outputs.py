@@ -2,7 +2,7 @@
 
 :func:`guard` wraps a stage's run: before any work it proves each output folder writable (a read-only folder fails
 at once, not after an hour of extraction), and a write that fails for lack of space or permission becomes a
-:class:`~pipeline.errors.PipelineError`. Stages write under temporary names and rename when complete, so what an
+:class:`~pipeline.common.errors.PipelineError`. Stages write under temporary names and rename when complete, so what an
 earlier run left, and every other stage's output, stays intact.
 """
 
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 LOW_SPACE = 16 * 2**20  # bytes free below which a failed write is reported as a full disk
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

@@ -18,7 +18,7 @@ from typing import IO
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 _HELD: list[IO[str]] = []  # lock files this process holds (closed, i.e. released, when it exits)
 WAIT_S = 5.0  # poll interval while every GPU is claimed

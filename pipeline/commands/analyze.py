@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import checkpoint
-from pipeline.config import DataConfig, FacesConfig, FeaturesConfig, FramesConfig, PostprocessConfig, SplitConfig
-from pipeline.errors import InputError
+from pipeline.common.config import DataConfig, FacesConfig, FeaturesConfig, FramesConfig, PostprocessConfig, SplitConfig
+from pipeline.common.errors import InputError
 from pipeline.extractors import Extractor, build
 from pipeline.faces.crops import assign_trials, crop_video, publish
 from pipeline.faces.mtcnn import MTCNN
 from pipeline.faces.video import Track, VideoFaces, min_track_frames
 from pipeline.io.media import VIDEO_SUFFIXES
+from pipeline.training import checkpoint
 
 CSV_HEADER = ["frame", "time_s", "valence", "arousal", "face"]
 RANDOM_INIT = "random-init"

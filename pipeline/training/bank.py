@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.io.features import FeatureStore, StoreError
-from pipeline.normalise import CHUNK_ROWS, Normaliser
+from pipeline.training.normalise import CHUNK_ROWS, Normaliser
 
 Placement = Literal["auto", "device", "pinned", "mmap"]
 GPU_RESERVE_BYTES = 4 * 2**30  # GPU memory kept free for the model, activations and the allocator's slack
