@@ -25,7 +25,12 @@ from pipeline.common.config import BackboneConfig
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
 from pipeline.io.affectnet import N_CLASSES, load_face
-from pipeline.stages.backbone import BackboneNet, make_optimizer, step_generator, train_step
+from pipeline.stages.backbone import (
+    BackboneNet,
+    make_optimizer,
+    step_generator,
+    train_step,
+)
 
 WARMUP_STEPS = 2
 CPU_MAX_BATCH = 64  # a CPU step of 256 images takes long enough that the measurement would hold few steps

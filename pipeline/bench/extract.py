@@ -36,10 +36,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.config import DataConfig, DemoConfig, FramesConfig, IResNetConfig, MFCCConfig, VGGishConfig
+from pipeline.common.config import (
+    DataConfig,
+    DemoConfig,
+    FramesConfig,
+    IResNetConfig,
+    MFCCConfig,
+    VGGishConfig,
+)
 from pipeline.extractors import build
 from pipeline.extractors.audio import AudioSource
-from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, Video, index_to_json, load_index
+from pipeline.io.prepared import (
+    FrameReader,
+    PreparedIndex,
+    Trial,
+    Video,
+    index_to_json,
+    load_index,
+)
 from pipeline.stages import extract as stage
 
 CONFIGS = {"iresnet": IResNetConfig(), "vggish": VGGishConfig(), "mfcc": MFCCConfig()}

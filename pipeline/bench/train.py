@@ -40,6 +40,7 @@ from tqdm import tqdm
 from pipeline.common import config
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.common.prefetch import read_ahead
+from pipeline.common.provenance import RANDOM_INIT
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import (
     INDEX_FORMAT,
@@ -140,7 +141,7 @@ def make_synthetic(
             trials=length,
             fps=fps,
             fingerprint={"synthetic": seed, "noise": noise},
-            attrs={"weights": "random-init"},
+            attrs={"weights": RANDOM_INIT},
             n_buckets=2 if total < 64 else 16,
         )
         wv, wa = weight.get(m, (0.5, 0.5))

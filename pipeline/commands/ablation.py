@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.provenance import RANDOM_INIT
 from pipeline.scoring import paper
 
 CV_FILE = "metrics/cv.json"
@@ -112,7 +113,7 @@ def table(doc: Any) -> list[dict[str, Any]]:
             "ccc_arousal": _get(cv, "raw", "arousal"),
             "ccc_mean_smoothed": _get(cv, "smoothed", "mean"),
             # DVC passes scalars only (cv.json's lists never reach it): the label string says random-init
-            "random_init": str(cv.get("backbones", "")).startswith("random-init"),
+            "random_init": str(cv.get("backbones", "")).startswith(RANDOM_INIT),
         }
     published = paper.table2()
     out = []

@@ -36,8 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.common.config import DataConfig, FacesConfig, FeaturesConfig, FramesConfig, PostprocessConfig, SplitConfig
+from pipeline.common.config import (
+    DataConfig,
+    FacesConfig,
+    FeaturesConfig,
+    FramesConfig,
+    PostprocessConfig,
+    SplitConfig,
+)
 from pipeline.common.errors import InputError
+from pipeline.common.provenance import RANDOM_INIT
 from pipeline.extractors import Extractor, build
 from pipeline.faces.crops import assign_trials, crop_video, publish
 from pipeline.faces.mtcnn import MTCNN
@@ -46,7 +54,6 @@ from pipeline.io.media import VIDEO_SUFFIXES
 from pipeline.training import checkpoint
 
 CSV_HEADER = ["frame", "time_s", "valence", "arousal", "face"]
-RANDOM_INIT = "random-init"
 # trial names the demo stage writes (pipeline/stages/demo.py: demo00, demo03_left, ...)
 DEMO_TRIAL = re.compile(r"demo\d{2,}(_left|_right)?")
 

@@ -15,6 +15,8 @@ from typing import Any
 import pipeline
 
 _PACKAGE_DIR = Path(pipeline.__file__).resolve().parent
+# the weights digest recorded for a network that ran without a weights file (stores, checkpoints, metrics)
+RANDOM_INIT = "random-init"
 
 
 @functools.lru_cache(maxsize=1)

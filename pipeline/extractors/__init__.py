@@ -89,21 +89,6 @@ def _params(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in as_dict(cfg).items() if k not in ("batch", "weights", "sha256", "pca_weights", "pca_sha256")}
 
 
-def _load_or_random_init(
-    net: torch.nn.Module, cfg: IResNetConfig | VGGishConfig, name: str, init: Callable[[torch.nn.Module], Any] | None = None
-) -> str:
-    """Load ``cfg.weights`` into ``net`` (sha256-checked, ``strict=True``) and return the file's digest; without a
-    weights file, warn, apply ``init`` (if any) and return "random-init"."""
-    if cfg.weights:
-        digest = W.check_file(cfg.weights, cfg.sha256, f"features.{name}.weights")
-        W.load_strict(net, W.load_state_dict(cfg.weights), cfg.weights)
-        return digest
-    W.warn_random_init(name)
-    if init is not None:
-        init(net)
-    return W.RANDOM_INIT
-
-
 def _build_iresnet(cfg: IResNetConfig, size: int, dev: torch.device) -> Extractor:
     from pipeline.extractors import iresnet as R
 
@@ -118,7 +103,7 @@ def _build_iresnet(cfg: IResNetConfig, size: int, dev: torch.device) -> Extracto
             contract, torch.device("cpu"), module=emb, precision="onnxruntime",
         )
     net = R.iresnet50()
-    digest = _load_or_random_init(net, cfg, "iresnet", init=R.random_init)
+    digest = W.load_or_random_init(net, cfg.weights, cfg.sha256, "features.iresnet.weights", init=R.random_init)
     module = _prepare_module(R.IResNetFeatures(net, cfg.pooled), dev)
     return Extractor(
         "iresnet", "frames", R.row_shape(size, cfg.pooled), cfg.dtype, cfg.batch, digest, params, contract, dev,
@@ -131,7 +116,7 @@ def _build_vggish(cfg: VGGishConfig, dev: torch.device) -> Extractor:
 
     torch.manual_seed(W.SEED)
     net = V.build_network()
-    digest = _load_or_random_init(net, cfg, "vggish")
+    digest = W.load_or_random_init(net, cfg.weights, cfg.sha256, "features.vggish.weights")
     pca = None
     if cfg.pca:
         if not cfg.pca_weights:

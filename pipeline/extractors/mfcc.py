@@ -22,7 +22,13 @@ import librosa
 import numpy as np
 
 from pipeline.extractors.audio import AudioSource, runs
-from pipeline.io.timebase import SAMPLE_RATE, frame_span, hop_frame, ms_to_samples, n_centred_frames
+from pipeline.io.timebase import (
+    SAMPLE_RATE,
+    frame_span,
+    hop_frame,
+    ms_to_samples,
+    n_centred_frames,
+)
 
 DELTA_WIDTH = 9  # librosa.feature.delta default
 MARGIN = DELTA_WIDTH // 2  # frames either side a delta reads

@@ -16,16 +16,17 @@ import pickle
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.provenance import RANDOM_INIT  # noqa: F401 - the label this module writes
 
 SEED = 0  # torch.manual_seed before building a randomly initialised network
-RANDOM_INIT = "random-init"
 
 
 class WeightsError(PipelineError):
@@ -155,15 +156,37 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path:
         raise WeightsError(f"{path}: state_dict does not fit the network: {str(e).splitlines()[-1].strip()}") from None
 
 
-def warn_random_init(name: str) -> None:
-    """The loud label of a randomly initialised extractor: one line on stderr on every run, and a
+def warn_random_init(message: str) -> None:
+    """The loud label of a randomly initialised network: ``message`` on stderr on every run, and a
     :class:`RandomInitWarning` for callers that record warnings (not printed again by default)."""
-    msg = (
-        f"WARNING: {name}: no weights file (features.{name}.weights is null): the network is RANDOMLY INITIALISED "
+    print(message, file=sys.stderr, flush=True)
+    warnings.warn(message, RandomInitWarning, stacklevel=3)
+
+
+def random_init_message(key: str) -> str:
+    """What an extractor without a weights file says; ``key`` is its params entry (``features.vggish.weights``)."""
+    name = key.split(".")[1]
+    return (
+        f"WARNING: {name}: no weights file ({key} is null): the network is RANDOMLY INITIALISED "
         f"(seed {SEED}); its features carry no learned meaning and the store is labelled weights: {RANDOM_INIT}"
     )
-    print(msg, file=sys.stderr, flush=True)
-    warnings.warn(msg, RandomInitWarning, stacklevel=2)
+
+
+def load_or_random_init(
+    net: torch.nn.Module, path: str | Path | None, sha256: str | None, key: str,
+    init: Callable[[torch.nn.Module], Any] | None = None, warning: str | None = None,
+) -> str:
+    """Load the weights file ``path`` into ``net`` (sha256-checked, ``strict=True``) and return its digest; without a
+    file, say so loudly (``warning``, default :func:`random_init_message`), apply ``init`` (if any) and return
+    :data:`RANDOM_INIT`. ``key`` names the params entry in messages (``features.vggish.weights``)."""
+    if path:
+        digest = check_file(path, sha256, key)
+        load_strict(net, load_state_dict(path), path)
+        return digest
+    warn_random_init(warning or random_init_message(key))
+    if init is not None:
+        init(net)
+    return RANDOM_INIT
 
 
 def origin(path: str | Path | None, digest: str) -> str | None:

@@ -24,7 +24,13 @@ from pipeline.common.config import FacesConfig
 from pipeline.common.errors import InputError
 from pipeline.faces.align import TEMPLATE_SIZE, align_face
 from pipeline.faces.mtcnn import MTCNN, Faces
-from pipeline.faces.video import Track, VideoFaces, follow_video, main_tracks, min_track_frames
+from pipeline.faces.video import (
+    Track,
+    VideoFaces,
+    follow_video,
+    main_tracks,
+    min_track_frames,
+)
 
 LEFT, RIGHT = "_left", "_right"
 

@@ -48,6 +48,7 @@ import numpy as np
 import zarr
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.provenance import RANDOM_INIT
 
 CHUNK_ROWS = 64  # rows per inner chunk: the unit of a partial read and of resuming
 RECORD_EVERY_S = 1.0  # a killed run redoes at most this much work per bucket
@@ -267,7 +268,7 @@ class FeatureStore:
 
     @property
     def random_init(self) -> bool:
-        return self.attrs.get("weights") == "random-init"
+        return self.attrs.get("weights") == RANDOM_INIT
 
     def n_rows(self, trial: str) -> int:
         _, start, stop = self._where(trial)

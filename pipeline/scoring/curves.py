@@ -6,12 +6,13 @@ headless machine and the image renders offline; ``dvc plots show`` embeds it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.common.outputs import atomic_path
 
 DIMS = ("valence", "arousal")
 GAP_FACTOR = 1.5  # a step longer than this many median frame steps is a gap (unannotated frames): the line breaks
@@ -78,8 +79,5 @@ def draw(path: Path, title: str, trials: Sequence[TrialCurves], note: str | None
                 ax.set_xlabel("time in the video (s)")
         axes[r, 0].set_ylabel("value")
     axes[0, 1].legend(loc="upper right", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=80)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)

@@ -30,7 +30,9 @@ def smooth_1d(x: np.ndarray, method: str, window: int) -> np.ndarray:
             w = n if n % 2 else n - 1
         if w <= SAVGOL_ORDER:
             return x.copy()
-        from scipy.signal import savgol_filter  # here: scipy.signal takes most of a second to import
+        from scipy.signal import (
+            savgol_filter,  # here: scipy.signal takes most of a second to import
+        )
 
         return savgol_filter(x, w, SAVGOL_ORDER, mode="nearest").astype(np.float32)
     raise ValueError(f"unknown smoothing method {method!r}")

@@ -33,7 +33,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,14 +48,29 @@ from pipeline.common import provenance
 from pipeline.common.config import BackboneConfig, as_dict
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import write_atomic
 from pipeline.extractors import iresnet as R
 from pipeline.extractors import weights as W
-from pipeline.extractors.iresnet import CHANNELS, CONTRACT, IResNet, iresnet50, preprocess, random_init
+from pipeline.extractors.iresnet import (
+    CHANNELS,
+    CONTRACT,
+    IResNet,
+    iresnet50,
+    preprocess,
+    random_init,
+)
 from pipeline.io import affectnet as A
 from pipeline.io.affectnet import EXPRESSIONS, N_CLASSES, AffectNetSplit, read_split
 from pipeline.scoring.metrics import accuracy, ccc_loss, ccc_va, json_float, macro_f1
+from pipeline.training import resume
+from pipeline.training.live import write_curves
+from pipeline.training.schedule import lr_factor
 
 RESUME_FORMAT = "va-pipeline-backbone-resume/1"
+RANDOM_START = (
+    "WARNING: backbone: backbone.init is null: fine-tuning starts from a RANDOMLY INITIALISED IResNet-50 "
+    f"(seed {W.SEED}), not from ArcFace weights; meta.json and the metrics say init: {W.RANDOM_INIT}"
+)
 META_FORMAT = "va-pipeline-backbone/1"
 # parts of IResNet in forward order; freeze = "layer3" freezes the stem and layer1..3 (and their BN statistics)
 PARTS = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -137,24 +151,9 @@ class BackboneNet(nn.Module):
 def build_model(cfg: BackboneConfig) -> tuple[BackboneNet, str]:
     """The network at its starting point and the start weights' digest (or ``random-init``, loudly)."""
     net = iresnet50()
-    if cfg.init:
-        digest = W.check_file(cfg.init, cfg.sha256, "backbone.init")
-        W.load_strict(net, W.load_state_dict(cfg.init), cfg.init)
-    else:
-        warn_random_start()
-        random_init(net)
-        digest = W.RANDOM_INIT
+    digest = W.load_or_random_init(net, cfg.init, cfg.sha256, "backbone.init", init=random_init, warning=RANDOM_START)
     torch.manual_seed(cfg.seed)  # the heads
     return BackboneNet(net, cfg.freeze), digest
-
-
-def warn_random_start() -> None:
-    msg = (
-        "WARNING: backbone: backbone.init is null: fine-tuning starts from a RANDOMLY INITIALISED IResNet-50 "
-        f"(seed {W.SEED}), not from ArcFace weights; meta.json and the metrics say init: {W.RANDOM_INIT}"
-    )
-    print(msg, file=sys.stderr, flush=True)
-    warnings.warn(msg, W.RandomInitWarning, stacklevel=2)
 
 
 def make_optimizer(model: nn.Module, cfg: BackboneConfig) -> torch.optim.AdamW:
@@ -167,14 +166,6 @@ def make_optimizer(model: nn.Module, cfg: BackboneConfig) -> torch.optim.AdamW:
         ],
         lr=cfg.lr,
     )
-
-
-def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * 0.5 * (1 + math.cos(math.pi * p))
 
 
 # ------------------------------------------------------------------------------------------------- batches
@@ -379,12 +370,6 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------ files
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -406,7 +391,7 @@ def best_bytes(model: BackboneNet) -> dict[str, bytes]:
 
 def write_files(out_dir: Path, files: dict[str, bytes]) -> None:
     for name, data in files.items():
-        _atomic_bytes(out_dir / name, data)
+        write_atomic(out_dir / name, data)
 
 
 def fingerprint(cfg: BackboneConfig, size: int, init_digest: str, train: AffectNetSplit, val: AffectNetSplit) -> str:
@@ -417,38 +402,6 @@ def fingerprint(cfg: BackboneConfig, size: int, init_digest: str, train: AffectN
     key = {"format": RESUME_FORMAT, "params": params, "size": size, "init": init_digest, "code": code,
            "train": train.fingerprint(), "val": val.fingerprint()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def load_resume(path: Path, fp: str) -> dict[str, Any] | None:
-    """The resume state at ``path`` when it belongs to this run (same fingerprint), else None (with a note)."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a damaged file (killed mid-write cannot happen: atomic) starts over
-        print(f"backbone: {path} unreadable ({type(e).__name__}), starting over", flush=True)
-        return None
-    if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fp:
-        print(f"backbone: {path} is from other params or data, starting over", flush=True)
-        return None
-    return state
-
-
-def write_curves(plots_dir: Path | None, history: list[dict[str, float | None]]) -> None:
-    """Per-epoch curves from the whole history (rewritten each epoch, so a resumed run's curves have no gaps or
-    repeats); dvclive's last-epoch summary is dropped (the metrics file holds the best epoch)."""
-    if plots_dir is None:
-        return
-    from dvclive import Live
-
-    live = Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    for row in history:
-        for k, v in row.items():
-            if k != "epoch":
-                live.log_metric(k, float("nan") if v is None else v)
-        live.next_step()
-    live.end()
-    (Path(plots_dir) / "metrics.json").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------- stage
@@ -479,8 +432,8 @@ def run(
     fp = fingerprint(cfg, size, init_digest, train, val)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # written last: its presence means the folder is complete
-    resume = load_resume(out_dir / "last.pt", fp)
-    if resume is None:
+    saved = resume.load(out_dir / "last.pt", RESUME_FORMAT, fp, "backbone")
+    if saved is None:
         for stale in ("backbone.pth", "heads.pth", "last.pt"):
             (out_dir / stale).unlink(missing_ok=True)
     if cfg.freeze != "none":
@@ -495,17 +448,17 @@ def run(
     history: list[dict[str, float | None]] = []
     best: dict[str, Any] = {"epoch": -1, "score": -math.inf, "val": None, "sha256": None}
     start = 0
-    if resume is not None:
-        model.load_changing_state(resume["model"])
-        optim.load_state_dict(resume["optim"])
-        scaler.load_state_dict(resume["scaler"])
-        history, best, start = resume["history"], resume["best"], resume["epoch"] + 1
-        if best["epoch"] == resume["epoch"]:  # killed before the best files were written from this state
+    if saved is not None:
+        model.load_changing_state(saved["model"])
+        optim.load_state_dict(saved["optim"])
+        scaler.load_state_dict(saved["scaler"])
+        history, best, start = saved["history"], saved["best"], saved["epoch"] + 1
+        if best["epoch"] == saved["epoch"]:  # killed before the best files were written from this state
             write_files(out_dir, best_bytes(model))
         if not (out_dir / "backbone.pth").exists() or W.sha256_file(out_dir / "backbone.pth") != best["sha256"]:
             raise InputError(f"{out_dir / 'backbone.pth'}: missing or not the best epoch recorded in last.pt; "
                              "delete last.pt to start over")
-        print(f"backbone: resuming after epoch {resume['epoch']} (best so far: epoch {best['epoch']})", flush=True)
+        print(f"backbone: resuming after epoch {saved['epoch']} (best so far: epoch {best['epoch']})", flush=True)
 
     pin = dev.type == "cuda"
     train_crops = Crops(train, size, cfg.cache_gb, cfg.workers, pin)
@@ -530,7 +483,7 @@ def run(
         bar = tqdm(source, total=len(batches), desc=f"backbone epoch {epoch}", unit="batch", leave=False)
         for k, batch in enumerate(bar):
             step = epoch * steps_per_epoch + k
-            lr = lr_at(step, total_steps, warmup, cfg.lr)
+            lr = cfg.lr * lr_factor(step, warmup, total_steps)
             t0 = time.perf_counter()
             out = train_step(model, optim, scaler, batch, step_generator(cfg.seed, epoch, k), lr, cfg, weight, dev, adtype)
             sums += torch.stack(out).float().cpu()  # one sync per step: the loop is compute-bound, not launch-bound
@@ -553,7 +506,7 @@ def run(
             "format": RESUME_FORMAT, "fingerprint": fp, "epoch": epoch, "history": history, "best": best,
             "model": model.changing_state(), "optim": optim.state_dict(), "scaler": scaler.state_dict(),
         }
-        _atomic_bytes(out_dir / "last.pt", _torch_bytes(state))  # first: the best files can be rebuilt from it
+        resume.save(out_dir / "last.pt", state)  # first: the best files can be rebuilt from it
         if best_files is not None:
             write_files(out_dir, best_files)
         write_curves(plots_dir, history)
@@ -600,8 +553,8 @@ def run(
         "provenance": provenance.record(),
     }
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_bytes(metrics_file, (json.dumps(result, indent=1) + "\n").encode())
-    _atomic_bytes(out_dir / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+    write_atomic(metrics_file, (json.dumps(result, indent=1) + "\n").encode())
+    write_atomic(out_dir / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     (out_dir / "last.pt").unlink(missing_ok=True)
     print(
         f"backbone: best epoch {best['epoch']}: val accuracy {result.get('accuracy')}, macro F1 {result.get('macro_f1')}, "

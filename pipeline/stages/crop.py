@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from pipeline.common.config import DataConfig, FacesConfig, as_dict
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import write_json
 from pipeline.faces import crops as C
 from pipeline.faces.mtcnn import MTCNN, weights_digest
 from pipeline.io.annotations import annotation_files, read_test_list
@@ -90,12 +91,6 @@ def load_records(path: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
     return videos, owned
 
 
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 # ------------------------------------------------------------------------------------------------- workers
 _worker: dict[str, Any] = {}
 
@@ -137,7 +132,7 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
             raise InputError(f"{dest}: not found; this dataset has no face crops: set data.crops: detect to find them")
         summary: dict[str, Any] = {"crops": "given", "root": str(root)}
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, summary)
+        write_json(out, summary, sort_keys=True)
         print(json.dumps({"crop": "given", "root": str(root)}))
         return summary
 
@@ -172,7 +167,7 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
     if todo:
         for v in todo:  # claimed before any folder is placed: a killed run's folders stay this stage's own
             owned[v] = sorted(set(owned.get(v, [])) | set(plan[v]))
-        write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned})
+        write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned}, sort_keys=True)
         _run_pool(todo, plan, videos, faces, dest, work_root, jobs, records, owned, current, records_path)
     shutil.rmtree(work_root, ignore_errors=True)
 
@@ -187,7 +182,7 @@ def run(data: DataConfig, faces: FacesConfig, out: Path, jobs: int = 0) -> dict[
         },
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, summary)
+    write_json(out, summary, sort_keys=True)
     n = sum(records[v]["n_frames"] for v in todo)
     secs = time.perf_counter() - start
     print(json.dumps({
@@ -239,6 +234,6 @@ def _run_pool(
                 raise r
             v = r.pop("video")
             records[v] = {**r, "settings": current, "size": videos[v].stat().st_size}
-            write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned})  # after each video
+            write_json(records_path, {"format": RECORDS_FORMAT, "videos": records, "owned": owned}, sort_keys=True)  # after each video
         while not progress.empty():
             bar.update(progress.get())

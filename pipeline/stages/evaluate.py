@@ -21,12 +21,8 @@ the random-init label is a string column, the provenance a one-element list that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +31,7 @@ import numpy as np
 from pipeline.common import provenance
 from pipeline.common.config import PostprocessConfig, SplitConfig, as_dict
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import atomic_dir, write_json
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import PreparedIndex, load_folds, load_index, read_labels
 from pipeline.io.timebase import frame_times
@@ -126,9 +123,9 @@ def backbones_label(stores: dict[str, dict[str, Any]]) -> str:
     """Where the features came from, in one string (a column of ``dvc metrics show``): ``random-init: <names>`` for
     backbones that ran without weights, ``fine-tuned from random init: <names>`` for a backbone the ``backbone`` stage
     trained without a pretrained start (the demo's), else ``weights files: <names>`` (MFCC has none)."""
-    random_init = [m for m, s in sorted(stores.items()) if s.get("weights") == "random-init"]
+    random_init = [m for m, s in sorted(stores.items()) if s.get("weights") == provenance.RANDOM_INIT]
     from_random = [m for m, s in sorted(stores.items()) if s.get("weights_origin") == "fine-tuned from random init"]
-    parts = [f"random-init: {', '.join(random_init)}"] if random_init else []
+    parts = [f"{provenance.RANDOM_INIT}: {', '.join(random_init)}"] if random_init else []
     parts += [f"fine-tuned from random init: {', '.join(from_random)}"] if from_random else []
     if parts:
         return "; ".join(parts)
@@ -166,7 +163,7 @@ def run(
 
     params = _same_for_all_folds(trained, models)
     stores = _store_records(features, sorted(params["model"].get("modalities", [])), trained)
-    random_init = sorted(m for m, s in stores.items() if s["weights"] == "random-init")
+    random_init = sorted(m for m, s in stores.items() if s["weights"] == provenance.RANDOM_INIT)
     doc = {
         "raw": summarise([d["raw"] for d in fold_docs.values()]),
         "smoothed": summarise([d["smoothed"] for d in fold_docs.values()]),
@@ -189,17 +186,17 @@ def run(
     }
 
     note = f"features from RANDOM-INIT backbones ({', '.join(random_init)}): not Aff-Wild2 numbers" if random_init else None
-    with _fresh_dir(curves_out) as tmp:
+    with atomic_dir(curves_out) as tmp:
         for k, trials in curves.items():
             title = (
                 f"fold {k}: validation labels and predictions, {len(trials)} of {len(folds[k])} trials "
                 f"(best, median, worst by the trial's mean CCC; smoothing: {post_cfg.method} {list(post_cfg.window)})"
             )
             draw(tmp / f"fold{k}.png", title, trials, note)
-    with _fresh_dir(folds_out) as tmp:
+    with atomic_dir(folds_out) as tmp:
         for k, d in fold_docs.items():
             (tmp / f"fold{k}.json").write_text(json.dumps(d, indent=1) + "\n")
-    _write_json(out, doc)  # last: a cv.json that exists belongs to complete fold files and curves
+    write_json(out, doc)  # last: a cv.json that exists belongs to complete fold files and curves
 
     r, s = doc["raw"], doc["smoothed"]
     print(
@@ -293,33 +290,6 @@ def _store_records(features: Path, modalities: list[str], trained: dict[str, Any
 def _split_record(path: Path) -> dict[str, Any]:
     doc = _read_json(path)
     return {k: doc.get(k) for k in ("scheme", "n_folds", "seed")}
-
-
-# ------------------------------------------------------------------------------------------------- writing
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _fresh_dir(final: Path) -> Iterator[Path]:
-    """``with _fresh_dir(final) as tmp``: fill ``tmp``; on success it replaces ``final`` whole (no stale file of a
-    fold no longer evaluated stays), on an error ``final`` is left as it was."""
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fmt(x: float | None) -> str:

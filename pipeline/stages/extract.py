@@ -42,7 +42,12 @@ from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import FrameReader, PreparedIndex, Trial, load_index
-from pipeline.io.timebase import SAMPLE_RATE, audio_mask, audio_source_rows, track_seconds
+from pipeline.io.timebase import (
+    SAMPLE_RATE,
+    audio_mask,
+    audio_source_rows,
+    track_seconds,
+)
 
 PREFETCH = 3  # batches prepared ahead of the model
 # Python's thread switch interval during a CUDA run (default 5 ms). The thread that launches GPU work holds the

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.common.config import PostprocessConfig, SplitConfig
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import atomic_path
 from pipeline.io.prepared import load_index
 from pipeline.scoring.postprocess import smooth
 from pipeline.training import checkpoint
@@ -82,17 +83,15 @@ def run(
         print(f"predict: fold {k} done ({len(names)} test trials)")
     final = {t: smooth((totals[t] / len(split_cfg.folds)).astype(np.float32), post_cfg) for t in names}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(HEADER + "\n")
-        for trial in tests:
-            pred = final[trial.name]
-            if len(pred) != trial.n_frames:
-                raise InputError(f"{features}: trial {trial.name!r} has {len(pred)} rows, index.json says {trial.n_frames}")
-            for frame, (v, a) in zip(trial.frames, pred):
-                f.write(f"{trial.name}/{frame:05d}.jpg,{v:.6f},{a:.6f}\n")
-    check_submission(tmp, {t.name: index.videos[t.video].n_frames for t in tests})
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "w") as f:
+            f.write(HEADER + "\n")
+            for trial in tests:
+                pred = final[trial.name]
+                if len(pred) != trial.n_frames:
+                    raise InputError(f"{features}: trial {trial.name!r} has {len(pred)} rows, index.json says {trial.n_frames}")
+                for frame, (v, a) in zip(trial.frames, pred):
+                    f.write(f"{trial.name}/{frame:05d}.jpg,{v:.6f},{a:.6f}\n")
+        check_submission(tmp, {t.name: index.videos[t.video].n_frames for t in tests})
     print(f"predict: {out} ({sum(len(p) for p in final.values())} rows, {len(names)} test trials, {len(split_cfg.folds)} folds averaged)")
     return final

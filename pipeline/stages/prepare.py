@@ -42,7 +42,13 @@ from tqdm import tqdm
 from pipeline.common.config import DataConfig, FramesConfig
 from pipeline.common.errors import InputError
 from pipeline.io.annotations import annotation_files, read_annotation, read_test_list
-from pipeline.io.media import decode_audio_track, find_videos, missing_video, probe_video, resolve_video
+from pipeline.io.media import (
+    decode_audio_track,
+    find_videos,
+    missing_video,
+    probe_video,
+    resolve_video,
+)
 from pipeline.io.names import check_name
 from pipeline.io.prepared import (
     FramesDigest,

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import write_atomic
 from pipeline.io.annotations import ANNOTATION_DIR
 from pipeline.io.media import VIDEO_SUFFIXES
 
@@ -68,8 +69,5 @@ def run(root: Path, out: Path) -> None:
     if out.exists() and out.read_text() == text:
         print(f"{out}: unchanged")
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_atomic(out, text)
     print(f"{out}: written")

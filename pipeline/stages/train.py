@@ -41,15 +41,17 @@ from pipeline.common.prefetch import read_ahead
 from pipeline.io.prepared import load_folds, read_labels
 from pipeline.nn import FusionModel
 from pipeline.scoring.metrics import ccc_loss, ccc_va, json_float
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, resume
 from pipeline.training.bank import FeatureBank, Windows
+from pipeline.training.live import write_curves
 from pipeline.training.normalise import Normaliser
+from pipeline.training.schedule import lr_factor
 from pipeline.training.windows import INFER_BATCH, epoch_windows, predict, window_starts
 
 GRAD_CLIP = 1.0  # max gradient norm; CCC loss spikes on near-constant batches
 MIN_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of train.lr
 PREFETCH = 2  # batches gathered ahead when some rows live on the host (pinned or mapped)
-RESUME_FORMAT = "va-pipeline-resume/1"
+RESUME_FORMAT = "va-pipeline-resume/2"
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -68,14 +70,6 @@ def score(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[s
     overall = ccc_va(np.concatenate([preds[t] for t in trials]), np.concatenate([labels[t] for t in trials]))
     per_trial = {t: {k: json_float(v) for k, v in ccc_va(preds[t], labels[t]).items()} for t in trials}
     return {**{k: json_float(v) for k, v in overall.items()}, "per_trial": per_trial}
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to MIN_LR_FRACTION at ``total`` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 def epoch_batches(
@@ -208,7 +202,7 @@ def run(
     modalities = list(model_cfg.modalities)
     bank = FeatureBank.build(features, modalities, train_trials + val_trials, dev, train_cfg.bank, labels, progress)
     norm = bank.fit_normaliser(train_trials)
-    random_init = sorted(m for m in modalities if bank.attrs[m].get("weights") == "random-init")
+    random_init = sorted(m for m in modalities if bank.attrs[m].get("weights") == provenance.RANDOM_INIT)
     print(f"train fold {fold}: feature bank {json.dumps(bank.describe())} on {dev}", flush=True)
     if random_init:
         print(f"train fold {fold}: NOTE features from random-init backbones: {', '.join(random_init)}")
@@ -221,7 +215,7 @@ def run(
     steps_per_epoch = math.ceil(n_windows / train_cfg.batch)  # resampling keeps the count within a few windows
     total_steps = max(1, train_cfg.epochs * steps_per_epoch)
     warmup = train_cfg.warmup_epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, warmup, total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, warmup, total_steps, MIN_LR_FRACTION))
     adtype = amp_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=adtype == torch.float16)
     on_host = any(bank.placement[m] != "device" for m in modalities)
@@ -233,7 +227,6 @@ def run(
     if resume:
         state = _load_resume(last, fp, model, optim, sched, scaler, order_gen, state, fold)
 
-    live = _open_curves(plots_dir, state["history"])
     times = StepTimes()
     while not state["done"] and state["epoch"] < train_cfg.epochs:
         epoch = state["epoch"]
@@ -249,8 +242,8 @@ def run(
         val = score(preds, labels)
         logged = {"train/loss": loss, "val/ccc_valence": val["ccc_valence"], "val/ccc_arousal": val["ccc_arousal"],
                   "val/ccc_mean": val["ccc_mean"], "lr": optim.param_groups[0]["lr"]}
-        _log(live, logged)
         state["history"].append(logged)
+        write_curves(plots_dir, state["history"])
         times.epochs.append(time.perf_counter() - t_epoch)
         print(f"fold {fold} epoch {epoch:3d} loss {loss:.4f} val ccc v {val['ccc_valence']} a {val['ccc_arousal']} "
               f"mean {val['ccc_mean']} ({times.epochs[-1]:.1f} s)", flush=True)
@@ -264,9 +257,6 @@ def run(
         state["epoch"] = epoch + 1
         state["done"] = state["stale"] >= train_cfg.patience or state["epoch"] >= train_cfg.epochs
         _save_resume(last, fp, model, optim, sched, scaler, order_gen, state)
-    live.end()
-    if plots_dir is not None:
-        _drop_live_summary(Path(plots_dir))
 
     best = state["best"]
     if best["epoch"] < 0:
@@ -339,8 +329,9 @@ def _save_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Opt
                  sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                  order_gen: torch.Generator, state: dict[str, Any]) -> None:
     """Everything needed to continue after this epoch as if never stopped (RNG states included)."""
-    checkpoint_doc = {
-        "resume_format": RESUME_FORMAT,
+    best = state["best"]
+    resume.save(path, {
+        "format": RESUME_FORMAT,
         "fingerprint": fp,
         "model": model.state_dict(),
         "optim": optim.state_dict(),
@@ -349,28 +340,17 @@ def _save_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Opt
         "order_gen": order_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "state": {**state, "best": {**state["best"], "preds": {t: torch.from_numpy(p) for t, p in state["best"].get("preds", {}).items()}}},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint_doc, tmp)
-    tmp.replace(path)
+        "state": {**state, "best": {**best, "preds": {t: torch.from_numpy(p) for t, p in best.get("preds", {}).items()}}},
+    })
 
 
 def _load_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Optimizer,
                  sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                  order_gen: torch.Generator, fresh: dict[str, Any], fold: int) -> dict[str, Any]:
     """Restore a run from ``path`` when it was made with the same inputs and params; else start afresh."""
-    if not path.exists():
-        print(f"train fold {fold}: no checkpoint to resume at {path}; starting at epoch 0", flush=True)
-        return fresh
-    try:
-        doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated file (killed while writing the .tmp is not this) restarts
-        print(f"train fold {fold}: {path} is unreadable ({type(e).__name__}); starting at epoch 0", flush=True)
-        return fresh
-    if doc.get("resume_format") != RESUME_FORMAT or doc.get("fingerprint") != fp:
-        print(f"train fold {fold}: {path} was made with other inputs or params; starting at epoch 0", flush=True)
+    doc = resume.load(path, RESUME_FORMAT, fp, f"train fold {fold}")
+    if doc is None:
+        print(f"train fold {fold}: starting at epoch 0", flush=True)
         return fresh
     model.load_state_dict(doc["model"])
     optim.load_state_dict(doc["optim"])
@@ -384,43 +364,3 @@ def _load_resume(path: Path, fp: str, model: FusionModel, optim: torch.optim.Opt
     state["best"]["preds"] = {t: p.numpy() for t, p in state["best"].get("preds", {}).items()}
     print(f"train fold {fold}: resuming after epoch {state['epoch'] - 1} from {path}", flush=True)
     return state
-
-
-class _NoCurves:
-    """Stands in for dvclive when no curves are wanted (``plots_dir=None``: benchmarks)."""
-
-    def log_metric(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def next_step(self) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
-def _open_curves(plots_dir: Path | None, history: list[dict[str, float]]) -> Any:
-    """dvclive's ``Live`` writing per-epoch curves under ``plots_dir`` (no dvc.yaml of its own), or a no-op; the
-    epochs of a resumed run are written again first (DVC deleted the curves with the stage's outputs)."""
-    if plots_dir is None:
-        return _NoCurves()
-    from dvclive import Live
-
-    live = Live(dir=str(plots_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-    for logged in history:
-        _log(live, logged)
-    return live
-
-
-def _log(live: Any, logged: dict[str, float | None]) -> None:
-    for k, v in logged.items():
-        live.log_metric(k, float("nan") if v is None else v)
-    live.next_step()
-
-
-def _drop_live_summary(plots_dir: Path) -> None:
-    """dvclive also writes a summary ``metrics.json`` (the last epoch, not the best); the fold's metrics file is the
-    one summary, so the curves folder keeps only the per-epoch ``plots/metrics/**.tsv`` that dvc.yaml declares."""
-    summary = plots_dir / "metrics.json"
-    if summary.exists():
-        summary.unlink()

@@ -11,7 +11,6 @@ Saved with plain tensors and JSON-like values only, so :func:`load` uses ``torch
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 
 from pipeline.common.config import ModelConfig
 from pipeline.common.errors import InputError
+from pipeline.common.outputs import atomic_path
 from pipeline.nn import FusionModel
 from pipeline.training.normalise import Normaliser
 
@@ -34,11 +34,8 @@ def feature_record(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def save(path: Path, doc: Mapping[str, Any]) -> None:
     """Write ``doc`` (with ``format`` added) to ``path`` through a temporary file: never a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **doc}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **doc}, tmp)
 
 
 def read(path: Path) -> dict[str, Any]:
