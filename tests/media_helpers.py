@@ -94,3 +94,14 @@ def write_audio_only(path: Path, seconds: float = 1.0, sr: int = 16_000) -> Path
 def first_click(samples: np.ndarray, sr: int = 16_000) -> float:
     """Seconds (from sample 0) at which the first click starts: the first sample above half the peak."""
     return float(np.flatnonzero(np.abs(samples) > 0.5 * np.abs(samples).max())[0]) / sr
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A prepared WAV as float32 (n_samples,), read through the pipeline's own reader (16 kHz mono or an error)."""
+    from pipeline.extractors.audio import AudioSource
+
+    src = AudioSource(path)
+    try:
+        return src.read(0, src.n_samples)
+    finally:
+        src.close()

@@ -23,7 +23,8 @@ from pipeline.cli import app
 from pipeline.commands import analyze
 from pipeline.common.config import FeaturesConfig, IResNetConfig
 from pipeline.common.errors import InputError
-from pipeline.faces.video import decode
+from pipeline.io.media import decode_frames
+from pipeline.scoring import curves
 
 pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
 
@@ -55,7 +56,7 @@ def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def presentation_times(path: Path) -> np.ndarray:
-    t = np.array([time for time, _ in decode(path)])
+    t = np.array([time for time, _ in decode_frames(path)])
     return t - t[0]
 
 
@@ -77,7 +78,7 @@ def check_csv(csv_path: Path, video: Path) -> np.ndarray:
 def test_analyze_mp4_mov_and_a_video_without_audio(realmedia, models, params, tmp_path):
     # a short clip without an audio stream, from a real recording that has none
     silent = tmp_path / "silent clip.mp4"
-    write_video(silent, [rgb for i, (_, rgb) in zip(range(30), decode(realmedia / "videos_noaudio" / "musetalk_sun.mp4"))])
+    write_video(silent, [rgb for i, (_, rgb) in zip(range(30), decode_frames(realmedia / "videos_noaudio" / "musetalk_sun.mp4"))])
     videos = [realmedia / "videos" / "pyfeat_single_face.mp4", realmedia / "videos" / "pyfeat_face_noface.mov", silent]
     res = run_cli([*map(str, videos), "--models", str(models), "--out", str(tmp_path / "out")], params)
     assert res.exit_code == 0, res.output
@@ -105,8 +106,8 @@ def test_analyze_every_real_video(realmedia, models, params, tmp_path):
 
 @pytest.mark.realmedia
 def test_all_faces_gives_one_csv_per_track(realmedia, models, params, tmp_path):
-    left = [rgb for _, (_, rgb) in zip(range(20), decode(realmedia / "videos" / "sadtalker_WDA_KatieHill_000.mp4"))]
-    right = [rgb for _, (_, rgb) in zip(range(20), decode(realmedia / "videos" / "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))]
+    left = [rgb for _, (_, rgb) in zip(range(20), decode_frames(realmedia / "videos" / "sadtalker_WDA_KatieHill_000.mp4"))]
+    right = [rgb for _, (_, rgb) in zip(range(20), decode_frames(realmedia / "videos" / "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))]
     pair = tmp_path / "pair.mp4"
     write_video(pair, [np.hstack([a, b]) for a, b in zip(left, right)])
     res = run_cli([str(pair), "--all-faces", "--models", str(models), "--out", str(tmp_path / "out")], params)
@@ -202,8 +203,8 @@ def test_bad_inputs_are_one_line_errors(models, params, tmp_path):
 
 
 def test_csv_and_spans_by_hand(tmp_path):
-    assert analyze.spans(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
-    assert analyze.spans(np.zeros(3, bool)) == []
+    assert curves.spans(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+    assert curves.spans(np.zeros(3, bool)) == []
     analyze.write_csv(tmp_path / "x.csv", np.array([0.0, 0.04]), np.array([[0.1, -0.2], [0.3, 0.4]]), np.array([True, False]))
     assert (tmp_path / "x.csv").read_text().splitlines() == [
         "frame,time_s,valence,arousal,face", "1,0.000000,0.100000,-0.200000,1", "2,0.040000,0.300000,0.400000,0"]

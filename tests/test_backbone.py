@@ -15,7 +15,9 @@ import pytest
 import torch
 import yaml
 from sklearn.metrics import f1_score
-from test_extractors import _ArcfaceIResNet50  # the independent transcription of arcface_torch's IResNet-50
+from test_extractors import (
+    _ArcfaceIResNet50,  # the independent transcription of arcface_torch's IResNet-50
+)
 from typer.testing import CliRunner
 
 from pipeline.cli import app

@@ -22,8 +22,8 @@ from pipeline.common.config import DataConfig, DemoConfig, FacesConfig, FramesCo
 from pipeline.common.errors import InputError
 from pipeline.faces.align import align_face
 from pipeline.faces.mtcnn import MTCNN
-from pipeline.faces.video import decode
 from pipeline.io.annotations import ANNOTATION_DIR
+from pipeline.io.media import decode_frames
 from pipeline.io.prepared import FrameReader, load_index
 from pipeline.stages import crop, demo, prepare
 
@@ -54,8 +54,8 @@ def annotate(path: Path, n: int, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def sources(realmedia) -> dict[str, list[np.ndarray]]:
-    left = [rgb for i, (_, rgb) in zip(range(PAIR_FRAMES), decode(realmedia / "videos" / "sadtalker_WDA_KatieHill_000.mp4"))]
-    right = [rgb for i, (_, rgb) in zip(range(PAIR_FRAMES), decode(realmedia / "videos" / "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))]
+    left = [rgb for i, (_, rgb) in zip(range(PAIR_FRAMES), decode_frames(realmedia / "videos" / "sadtalker_WDA_KatieHill_000.mp4"))]
+    right = [rgb for i, (_, rgb) in zip(range(PAIR_FRAMES), decode_frames(realmedia / "videos" / "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))]
     return {"left": left, "right": right}
 
 

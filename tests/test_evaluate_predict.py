@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from pipeline.bench.train import make_synthetic
-from pipeline.common.config import ModelConfig, PostprocessConfig, SplitConfig, TrainConfig, as_dict
+from pipeline.commands import ablation
+from pipeline.common.config import (
+    ModelConfig,
+    PostprocessConfig,
+    SplitConfig,
+    TrainConfig,
+    as_dict,
+)
 from pipeline.common.errors import InputError
 from pipeline.io.prepared import load_index
-from pipeline.commands import ablation
 from pipeline.stages import evaluate, predict, train
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}

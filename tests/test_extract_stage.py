@@ -261,7 +261,7 @@ def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6)
     from PIL import Image
 
     from pipeline.common.config import DataConfig, FramesConfig
-    from pipeline.io.media import iter_video_frames
+    from pipeline.io.media import decode_frames
     from pipeline.stages import prepare
 
     picks = [
@@ -274,7 +274,7 @@ def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6)
     for p in picks:
         os.symlink(p, root / "videos" / f"{p.stem}.mp4")
         (root / "cropped_aligned" / p.stem).mkdir(parents=True)
-        for i, frame in enumerate(itertools.islice(iter_video_frames(p), n_crops)):
+        for i, frame in enumerate(itertools.islice((rgb for _, rgb in decode_frames(p)), n_crops)):
             Image.fromarray(frame).resize((32, 32)).save(root / "cropped_aligned" / p.stem / f"{i + 1:05d}.jpg")
     (root / "test_set.txt").write_text("".join(f"{p.stem}\n" for p in picks))
     prepare.run(DataConfig(root=str(root)), FramesConfig(size=16), out, jobs=2)
@@ -283,7 +283,8 @@ def _prepare_realmedia(realmedia: Path, root: Path, out: Path, n_crops: int = 6)
 @pytest.mark.realmedia
 @pytest.mark.slow
 def test_realmedia_videos_go_through(realmedia, tmp_path):
-    from pipeline.io.prepared import read_audio
+    from media_helpers import read_wav
+
     from pipeline.io.timebase import audio_mask, audio_source_rows, track_seconds
 
     _prepare_realmedia(realmedia, tmp_path / "root", tmp_path / "prepared")
@@ -297,7 +298,7 @@ def test_realmedia_videos_go_through(realmedia, tmp_path):
                 assert mask[:6].all() and not mask[6:].any()
                 continue
             v = index.videos[t.video]
-            n = len(read_audio(index.audio_path(t.video))) if v.has_audio else 0
+            n = len(read_wav(index.audio_path(t.video))) if v.has_audio else 0
             expected = audio_mask(track_seconds(t.times, v.audio_offset), n)
             np.testing.assert_array_equal(mask, expected)
             source = audio_source_rows(expected)

@@ -9,7 +9,8 @@ import pytest
 from pipeline.common.config import FacesConfig
 from pipeline.faces import mtcnn as M
 from pipeline.faces.align import TEMPLATE, align_face
-from pipeline.faces.video import decode, follow_video, min_track_frames
+from pipeline.faces.video import follow_video, min_track_frames
+from pipeline.io.media import decode_frames
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_min_face_fraction_and_floor(detector):
 # --------------------------------------------------------------------------------------------- real faces
 @pytest.mark.realmedia
 def test_batch_equals_frames_stacked_and_an_empty_frame_keeps_its_slot(realmedia, detector):
-    frames = [rgb for i, (_, rgb) in zip(range(4), decode(realmedia / "videos" / "pyfeat_single_face.mp4"))]
+    frames = [rgb for i, (_, rgb) in zip(range(4), decode_frames(realmedia / "videos" / "pyfeat_single_face.mp4"))]
     frames.insert(2, np.zeros_like(frames[0]))  # a black frame: no face
     batch = detector.detect_batch(frames)
     assert len(batch) == len(frames) and len(batch[2]) == 0
@@ -118,7 +119,7 @@ def found_per_frame(path, detect_every: int = 5) -> np.ndarray:
 @pytest.mark.realmedia
 def test_no_face_after_the_face_leaves(realmedia):
     path = realmedia / "videos" / "pyfeat_face_noface.mov"
-    frames = [rgb for _, rgb in decode(path)]
+    frames = [rgb for _, rgb in decode_frames(path)]
     black = next(i for i, f in enumerate(frames) if f.mean() < 5)  # the face leaves: a black frame, then a title
     found = found_per_frame(path)
     assert len(found) == len(frames) and black > 30

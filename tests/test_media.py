@@ -13,9 +13,10 @@ from pipeline.common.errors import InputError
 from pipeline.io.media import (
     decode_audio,
     decode_audio_track,
+    decode_frames,
     find_videos,
-    iter_video_frames,
     probe_video,
+    stream_rate,
     video_for_trial,
 )
 
@@ -42,7 +43,15 @@ def test_frame_count_fps_and_audio_presence(tmp_path):
     packets = probe_video(p)
     assert (packets.fps, packets.n_frames, packets.counted_by) == (30.0, 17, "packets")
     assert info.timestamps is None and packets.timestamps is None and info.start == 0.0 and not info.warnings
-    assert sum(1 for _ in iter_video_frames(p)) == 17
+    frames = list(decode_frames(p))
+    assert len(frames) == 17 and frames[0][1].shape[2] == 3 and frames[0][1].dtype == np.uint8
+    assert [t for t, _ in frames] == pytest.approx([i / 30 for i in range(17)], abs=1e-6)
+    assert stream_rate(p) == (30.0, 17)
+
+
+def test_decode_frames_refuses_a_file_without_video(tmp_path):
+    with pytest.raises(InputError, match="no video stream"):
+        list(decode_frames(write_audio_only(tmp_path / "a.m4a")))
 
 
 @pytest.mark.parametrize("sr, layout", [(44_100, "stereo"), (48_000, "mono"), (16_000, "stereo"), (22_050, "mono")])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_helpers import write_audio_only
+from media_helpers import read_wav, write_audio_only
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,7 +21,13 @@ from pipeline.common.config import DataConfig, DemoConfig, FramesConfig
 from pipeline.common.errors import InputError
 from pipeline.io.annotations import read_annotation
 from pipeline.io.media import probe_video
-from pipeline.io.prepared import FrameReader, audio_sha256, frames_sha256, load_index, read_audio, read_labels
+from pipeline.io.prepared import (
+    FrameReader,
+    audio_sha256,
+    frames_sha256,
+    load_index,
+    read_labels,
+)
 from pipeline.stages import demo, prepare
 from pipeline.stages.prepare import fill_missing
 
@@ -63,7 +69,7 @@ def test_index_follows_the_layout_rules(source, prepared):
     assert index.videos["demo05"].has_audio is False and index.audio_path("demo05") is None
     assert index.videos["demo00"].fps == 30.0 and index.videos["demo01"].fps == 25.0
     assert index.videos["demo06"].path.startswith("videos/set2/part/")
-    audio = read_audio(index.audio_path("demo00"))
+    audio = read_wav(index.audio_path("demo00"))
     assert abs(len(audio) / 16_000 - 3.0) < 0.1
 
 
@@ -91,7 +97,7 @@ def test_frames_h5_labels_h5_and_digests(source, prepared):
     for name, v in index.videos.items():
         assert v.audio_offset == pytest.approx(0.0, abs=1e-3) and v.timestamps is None, name
         if v.has_audio:
-            assert v.audio_sha256 == audio_sha256(read_audio(index.audio_path(name)))
+            assert v.audio_sha256 == audio_sha256(read_wav(index.audio_path(name)))
 
 
 def test_each_row_holds_its_own_frames_crop(source, prepared):

@@ -6,6 +6,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from media_helpers import read_wav
 
 from pipeline.common.errors import InputError
 from pipeline.io.prepared import (
@@ -14,7 +15,6 @@ from pipeline.io.prepared import (
     audio_sha256,
     frames_sha256,
     load_index,
-    read_audio,
     read_labels,
 )
 from pipeline.io.timebase import Timestamps
@@ -43,8 +43,8 @@ def test_fixture_round_trip_labels_and_digests(make_prepared, tmp_path):
         for t in idx.trials:
             assert t.frames_sha256 == frames_sha256(r.frames(t.name), r.face(t.name))
     v = idx.videos["b"]
-    assert v.audio_offset == -0.25 and v.audio_sha256 == audio_sha256(read_audio(idx.audio_path("b")))
-    assert read_audio(idx.audio_path("a")).shape == (30 * 640,)
+    assert v.audio_offset == -0.25 and v.audio_sha256 == audio_sha256(read_wav(idx.audio_path("b")))
+    assert read_wav(idx.audio_path("a")).shape == (30 * 640,)
 
 
 def test_trial_times_constant_and_variable_rate(make_prepared):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_helpers import read_wav
 from PIL import Image
 
 from pipeline.common.config import DataConfig, FramesConfig
-from pipeline.io.media import iter_video_frames
-from pipeline.io.prepared import FrameReader, load_index, read_audio, read_labels
+from pipeline.io.media import decode_frames
+from pipeline.io.prepared import FrameReader, load_index, read_labels
 from pipeline.stages import prepare
 
 pytestmark = pytest.mark.realmedia
@@ -28,7 +29,7 @@ def build_root(realmedia: Path, root: Path) -> dict[str, Path]:
         videos[p.stem] = p
         crops = root / "cropped_aligned" / p.stem
         crops.mkdir(parents=True)
-        for i, frame in enumerate(itertools.islice(iter_video_frames(p), N_CROPS)):
+        for i, frame in enumerate(itertools.islice((rgb for _, rgb in decode_frames(p)), N_CROPS)):
             h, w, _ = frame.shape
             s = min(h, w)
             img = Image.fromarray(frame[(h - s) // 2 : (h + s) // 2, (w - s) // 2 : (w + s) // 2]).resize((112, 112))
@@ -78,9 +79,9 @@ def test_prepare_real_videos(realmedia, tmp_path, capsys):
     assert abs(index.videos["videoretalking_face_1"].audio_offset + 507 / 15360) < 1e-6  # the picture starts 33 ms in
     for name in ("sadtalker_WDA_AlexandriaOcasioCortez_000", "pyfeat_WolfgangLanger_Pexels"):
         assert index.videos[name].timestamps is None and index.videos[name].audio_offset == 0.0
-    silence = read_audio(index.audio_path("pyfeat_WolfgangLanger_Pexels"))
+    silence = read_wav(index.audio_path("pyfeat_WolfgangLanger_Pexels"))
     assert abs(len(silence) / 16_000 - 19.69) < 0.1 and np.abs(silence).max() < 1e-3
-    speech = read_audio(index.audio_path("sadtalker_WDA_AlexandriaOcasioCortez_000"))
+    speech = read_wav(index.audio_path("sadtalker_WDA_AlexandriaOcasioCortez_000"))
     assert abs(len(speech) / 16_000 - 8.0) < 0.1 and np.sqrt(np.mean(speech**2)) > 0.01
     with FrameReader(out / "frames.h5") as r:
         face = r.face("musetalk_sun")

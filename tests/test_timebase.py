@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.io.timebase import (
     Timestamps,
-    align_length,
     audio_mask,
     audio_source_rows,
     centred_example_start,
@@ -63,14 +62,6 @@ def test_audio_mask_and_source_rows():
     assert not none.any()
     np.testing.assert_array_equal(audio_source_rows(none), [-1] * 10)
     assert audio_source_rows(np.zeros(0, bool)).shape == (0,)
-
-
-def test_align_length_pads_and_trims():
-    x = np.arange(6).reshape(3, 2)
-    np.testing.assert_array_equal(align_length(x, 5)[-1], [4, 5])
-    assert align_length(x, 2).shape == (2, 2)
-    with pytest.raises(ValueError):
-        align_length(x[:0], 2)
 
 
 def test_late_track_frames_before_it_have_no_audio():

@@ -36,7 +36,8 @@ from pipeline.common.errors import InputError
 from pipeline.faces.align import align_face
 from pipeline.faces.mtcnn import MTCNN
 from pipeline.faces.tracker import IoUTracker
-from pipeline.faces.video import FaceFollower, decode, stream_rate
+from pipeline.faces.video import FaceFollower
+from pipeline.io.media import decode_frames, stream_rate
 
 DEFAULT_VIDEO = Path("../shared/realmedia/videos/pyfeat_WolfgangLanger_Pexels.mp4")  # 640 x 360, 23.976 fps, 472 frames
 
@@ -121,7 +122,7 @@ def run(video: Path, work: Path, models: Path | None = None, params: Path = conf
     fps, _ = stream_rate(video)
 
     t0 = time.perf_counter()
-    frames = [rgb for _, rgb in decode(video)]
+    frames = [rgb for _, rgb in decode_frames(video)]
     decode_fps = len(frames) / (time.perf_counter() - t0)
     h, w = frames[0].shape[:2]
     fast, marks = faces_rate(frames, cfg, cfg.detect_every)

@@ -23,6 +23,7 @@ labelled in a warning and in the figure's title.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -51,6 +52,8 @@ from pipeline.faces.crops import assign_trials, crop_video, publish
 from pipeline.faces.mtcnn import MTCNN
 from pipeline.faces.video import Track, VideoFaces, min_track_frames
 from pipeline.io.media import VIDEO_SUFFIXES
+from pipeline.io.prepared import PreparedIndex
+from pipeline.scoring.curves import draw_video
 from pipeline.training import checkpoint
 
 CSV_HEADER = ["frame", "time_s", "valence", "arousal", "face"]
@@ -199,46 +202,85 @@ def write_csv(path: Path, times: np.ndarray, pred: np.ndarray, face: np.ndarray)
     tmp.replace(path)
 
 
-def spans(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` index ranges where ``mask`` (n,) is True."""
-    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
-
-
-def plot(path: Path, times: np.ndarray, pred: np.ndarray, face: np.ndarray, title: str) -> None:
-    """Valence and arousal over time (spans without a face shaded) and the valence-arousal plane."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(12, 4.2), constrained_layout=True)
-    grid = fig.add_gridspec(1, 3)
-    ax = fig.add_subplot(grid[0, :2])
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
-    for k, (s, e) in enumerate(spans(~face)):
-        ax.axvspan(times[s] - step / 2, times[e - 1] + step / 2, color="0.85", lw=0, label="no face" if k == 0 else None)
-    ax.plot(times, pred[:, 0], color="tab:blue", lw=1.2, label="valence")
-    ax.plot(times, pred[:, 1], color="tab:red", lw=1.2, label="arousal")
-    ax.set(xlabel="time (s)", ylabel="value", ylim=(-1.05, 1.05), xlim=(times[0], max(times[-1], times[0] + step)))
-    ax.axhline(0, color="0.5", lw=0.6)
-    ax.legend(loc="upper right", fontsize=8, ncol=3)
-    plane = fig.add_subplot(grid[0, 2])
-    plane.add_patch(plt.Circle((0, 0), 1, fill=False, color="0.6", lw=0.8))
-    plane.axhline(0, color="0.6", lw=0.6)
-    plane.axvline(0, color="0.6", lw=0.6)
-    plane.plot(pred[:, 0], pred[:, 1], color="0.5", lw=0.6, alpha=0.7)
-    sc = plane.scatter(pred[:, 0], pred[:, 1], c=times, s=6, cmap="viridis", zorder=3)
-    fig.colorbar(sc, ax=plane, label="time (s)", shrink=0.8)
-    plane.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal", aspect="equal")
-    fig.suptitle(title, fontsize=10)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------------------------- command
+def check_videos(videos: list[Path]) -> list[Path]:
+    """``videos`` as paths, each an existing file with a file name of its own (the CSV is named after it)."""
+    videos = [Path(v) for v in videos]
+    stems: dict[str, Path] = {}
+    for v in videos:
+        if not v.is_file():
+            raise InputError(f"{v}: no such video file")
+        if v.stem in stems:
+            raise InputError(f"{v}: same name as {stems[v.stem]}; each video needs its own file name (the CSV is named after it)")
+        stems[v.stem] = v
+    return videos
+
+
+def load_checked(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesConfig, device: str) -> tuple[Models, dict[str, Extractor]]:
+    """The fold models under ``models`` and the extractors params ``features`` builds for their modalities, refused
+    when they differ from what the models were trained on; the models' notes (random init, demo) are printed."""
+    fold_models = load_models(models)
+    extractors = {m: build(m, getattr(features_cfg, m), frames_cfg.size, device) for m in fold_models.modalities}
+    check_extractors(fold_models, extractors)
+    for note in fold_models.notes:
+        print(f"warning: {models}: {note}: the values say nothing about real affect", file=sys.stderr)
+    return fold_models, extractors
+
+
+def predict_videos(
+    videos: list[Path], base: Path, fold_models: Models, extractors: dict[str, Extractor], cfgs: dict[str, Any],
+    all_faces: bool, device: str, jobs: int, progress: bool, clock: "Clock",
+) -> tuple[dict[str, VideoResult], PreparedIndex, dict[str, np.ndarray]]:
+    """Faces, ``prepare``, ``extract`` and ``predict`` over ``videos`` as test trials of a dataset under ``base``:
+    what each video gave, the prepared index, and ``{trial: (N, 2)}`` predictions. ``cfgs``: params sections
+    ``frames``, ``features``, ``faces``, ``postprocess``."""
+    from pipeline.stages import extract, predict, prepare
+
+    faces_cfg = cfgs["faces"]
+    detector = MTCNN(faces_cfg.min_face, faces_cfg.thresholds, faces_cfg.backend, threads=1)
+    root = base / "dataset"
+    if root.exists():
+        shutil.rmtree(root)
+    results = build_dataset(videos, root, faces_cfg, all_faces, detector, progress)
+    clock.lap("faces")
+    prepared, features = base / "prepared", base / "features"
+    index = prepare.run(DataConfig(root=str(root)), cfgs["frames"], prepared, jobs=jobs)
+    clock.lap("prepare")
+    for m, ex in extractors.items():
+        extract.run(m, getattr(cfgs["features"], m), prepared, features / f"{m}.zarr", device=device, extractor=ex,
+                    progress=progress)
+        clock.lap(f"extract_{m}")
+    split = SplitConfig(n_folds=max(2, max(fold_models.folds) + 1), folds=fold_models.folds)
+    preds = predict.run(split, cfgs["postprocess"], fold_models.root, prepared, features, base / "predictions.txt",
+                        device=device)
+    clock.lap("predict")
+    return results, index, preds
+
+
+def write_results(
+    results: dict[str, VideoResult], index: PreparedIndex, preds: dict[str, np.ndarray], fold_models: Models, out: Path
+) -> dict[str, Path]:
+    """``<out>/<trial>.csv`` and ``.png`` for every trial of every video; returns ``{trial: csv path}``."""
+    written: dict[str, Path] = {}
+    for r in results.values():
+        n = r.faces.n_frames
+        counted = {index.videos[index.trial(t).video].n_frames for t in r.trials}
+        if counted != {n}:  # the same decoder counts both: a difference would misplace every row
+            raise InputError(f"{r.path}: decoded {n} frames for the faces but {sorted(counted)} in prepare")
+        if not any(t is not None for t in r.trials.values()):
+            print(f"warning: {r.path}: no face found in {n} frames; face is 0 in every row", file=sys.stderr)
+        for trial, track in r.trials.items():
+            face = face_mask(track, n)
+            title = f"{r.path.name}: {trial}  ({int(face.sum())}/{n} frames with a face, {len(fold_models.folds)} folds)"
+            if fold_models.notes:
+                title += "\n" + "; ".join(fold_models.notes).upper() + ": not a measurement of affect"
+            write_csv(out / f"{trial}.csv", r.faces.times, preds[trial], face)
+            draw_video(out / f"{trial}.png", r.faces.times, preds[trial], face, title)
+            written[trial] = out / f"{trial}.csv"
+            print(f"analyze: {out / trial}.csv, .png ({n} frames, {int(face.sum())} with a face)")
+    return written
+
+
 def run(
     videos: list[Path],
     models: Path,
@@ -255,66 +297,18 @@ def run(
 ) -> dict[str, Path]:
     """Analyse ``videos``; returns ``{trial: csv path}``. ``work``: keep the intermediate dataset there (else a
     temporary folder, deleted afterwards)."""
-    from pipeline.stages import extract, predict, prepare
-
     clock = Clock()
-    videos = [Path(v) for v in videos]
-    for v in videos:
-        if not v.is_file():
-            raise InputError(f"{v}: no such video file")
-    stems: dict[str, Path] = {}
-    for v in videos:
-        if v.stem in stems:
-            raise InputError(f"{v}: same name as {stems[v.stem]}; each video needs its own file name (the CSV is named after it)")
-        stems[v.stem] = v
-    fold_models = load_models(models)
-    extractors = {m: build(m, getattr(features_cfg, m), frames_cfg.size, device) for m in fold_models.modalities}
-    check_extractors(fold_models, extractors)
+    videos = check_videos(videos)
+    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, device)
     clock.lap("setup")
-    for note in fold_models.notes:
-        print(f"warning: {models}: {note}: the values say nothing about real affect", file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    detector = MTCNN(faces_cfg.min_face, faces_cfg.thresholds, faces_cfg.backend, threads=1)
-
-    tmp = None if work is not None else tempfile.TemporaryDirectory(prefix="va-analyze-")
-    base = Path(work) if work is not None else Path(tmp.name)  # type: ignore[union-attr]
-    try:
-        root = base / "dataset"
-        if root.exists():
-            shutil.rmtree(root)
-        results = build_dataset(videos, root, faces_cfg, all_faces, detector, progress)
-        clock.lap("faces")
-        prepared, features = base / "prepared", base / "features"
-        index = prepare.run(DataConfig(root=str(root)), frames_cfg, prepared, jobs=jobs)
-        clock.lap("prepare")
-        for m, ex in extractors.items():
-            extract.run(m, getattr(features_cfg, m), prepared, features / f"{m}.zarr", device=device, extractor=ex, progress=progress)
-            clock.lap(f"extract_{m}")
-        split = SplitConfig(n_folds=max(2, max(fold_models.folds) + 1), folds=fold_models.folds)
-        preds = predict.run(split, post_cfg, models, prepared, features, base / "predictions.txt", device=device)
-        clock.lap("predict")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-    written: dict[str, Path] = {}
-    for stem, r in results.items():
-        n = r.faces.n_frames
-        counted = {index.videos[index.trial(t).video].n_frames for t in r.trials}
-        if counted != {n}:  # the same decoder counts both: a difference would misplace every row
-            raise InputError(f"{r.path}: decoded {n} frames for the faces but {sorted(counted)} in prepare")
-        if not any(t is not None for t in r.trials.values()):
-            print(f"warning: {r.path}: no face found in {n} frames; face is 0 in every row", file=sys.stderr)
-        for trial, track in r.trials.items():
-            face = face_mask(track, n)
-            title = f"{r.path.name}: {trial}  ({int(face.sum())}/{n} frames with a face, {len(fold_models.folds)} folds)"
-            if fold_models.notes:
-                title += "\n" + "; ".join(fold_models.notes).upper() + ": not a measurement of affect"
-            write_csv(out / f"{trial}.csv", r.faces.times, preds[trial], face)
-            plot(out / f"{trial}.png", r.faces.times, preds[trial], face, title)
-            written[trial] = out / f"{trial}.csv"
-            print(f"analyze: {out / trial}.csv, .png ({n} frames, {int(face.sum())} with a face)")
+    cfgs = {"frames": frames_cfg, "features": features_cfg, "faces": faces_cfg, "postprocess": post_cfg}
+    with contextlib.ExitStack() as stack:
+        base = Path(work) if work is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="va-analyze-")))
+        results, index, preds = predict_videos(videos, base, fold_models, extractors, cfgs, all_faces, device, jobs,
+                                               progress, clock)
+    written = write_results(results, index, preds, fold_models, out)
     clock.lap("outputs")
     n = sum(r.faces.n_frames for r in results.values())
     print(json.dumps({"analyze": len(results), "frames": n, "seconds": clock.total, "frames_per_s": round(n / clock.total, 1),

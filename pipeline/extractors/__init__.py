@@ -92,7 +92,7 @@ def _params(cfg: Any) -> dict[str, Any]:
 def _build_iresnet(cfg: IResNetConfig, size: int, dev: torch.device) -> Extractor:
     from pipeline.extractors import iresnet as R
 
-    contract = {"input": f"RGB uint8 ({size}, {size}, 3) crops", "normalise": "(x / 255 - 0.5) / 0.5"}
+    contract = {"input": f"{R.CONTRACT.color} {R.CONTRACT.dtype} ({size}, {size}, 3) crops", "normalise": R.CONTRACT.formula}
     params = {**_params(cfg), "frames_size": size}
     if cfg.weights and str(cfg.weights).endswith(".onnx"):
         digest = W.check_file(cfg.weights, cfg.sha256, "features.iresnet.weights")

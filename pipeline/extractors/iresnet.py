@@ -41,6 +41,11 @@ class InputContract:
     std: float = 0.5
     onnx_size: int = 112  # insightface recognition models
 
+    @property
+    def formula(self) -> str:
+        """The normalisation as written in store attributes and the backbone's meta.json: ``(x / 255 - 0.5) / 0.5``."""
+        return f"(x / {round(1 / self.scale)} - {self.mean}) / {self.std}"
+
 
 CONTRACT = InputContract()
 

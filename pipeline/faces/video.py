@@ -13,11 +13,10 @@ track, and with two people the two largest are the left and the right one (by me
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 
 from pipeline.common.config import FacesConfig
@@ -25,6 +24,7 @@ from pipeline.common.errors import InputError
 from pipeline.common.prefetch import read_ahead
 from pipeline.faces.mtcnn import MTCNN, Faces, nms
 from pipeline.faces.tracker import IoUTracker
+from pipeline.io.media import decode_frames, stream_rate
 
 
 @dataclass
@@ -89,40 +89,6 @@ def main_tracks(faces: VideoFaces, n: int, min_frames: int) -> list[Track]:
     return sorted(faces.ranked(min_frames)[:n], key=lambda t: t.centre_x)
 
 
-# ------------------------------------------------------------------------------------------------ decoding
-def open_video(path: Path) -> av.container.InputContainer:
-    try:
-        c = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as e:
-        raise InputError(f"{path}: cannot open video: {e}") from None
-    if not c.streams.video:
-        c.close()
-        raise InputError(f"{path}: no video stream")
-    return c
-
-
-def decode(path: Path) -> Iterator[tuple[float | None, np.ndarray]]:
-    """``(presentation time in seconds or None, uint8 (H, W, 3) RGB)`` for every decoded frame, in order (the same
-    decoding as ``prepare``'s frame count)."""
-    with open_video(path) as c:
-        vs = c.streams.video[0]
-        vs.thread_type = "AUTO"
-        try:
-            for frame in c.decode(vs):
-                yield frame.time, frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as e:
-            raise InputError(f"{path}: cannot decode video: {e}") from None
-
-
-def stream_rate(path: Path) -> tuple[float, int]:
-    """(frames per second, estimated frame count from the container; 0 when unknown)."""
-    with open_video(path) as c:
-        vs = c.streams.video[0]
-        rate = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0) or 25.0
-        n = vs.frames or (int(c.duration / 1e6 * rate) if c.duration else 0)
-    return rate, int(n)
-
-
 # ------------------------------------------------------------------------------------------------- tracking
 class FaceFollower:
     """Per-frame faces with track ids: full detection every ``detect_every`` frames (and whenever nothing is being
@@ -166,7 +132,7 @@ def follow_video(
     times: list[float | None] = []
     width = height = 0
     spent, pending = 0.0, 0
-    for i, (t, rgb) in enumerate(read_ahead(decode(path))):
+    for i, (t, rgb) in enumerate(read_ahead(decode_frames(path))):
         height, width = rgb.shape[:2]
         times.append(t)
         t0 = time.perf_counter()

@@ -7,7 +7,9 @@
 - :func:`decode_audio_track` decodes the first audio stream to mono float32 at 16 kHz, from any rate, layout and
   codec, and says when its first sample is heard (the stream's own start, after the decoder has dropped encoder
   priming); :func:`decode_audio` returns the samples alone.
-- :func:`iter_video_frames` yields decoded RGB frames (the tests build crops from real videos with it).
+- :func:`decode_frames` yields every decoded frame as RGB with its presentation time (faces, ``crop``, ``analyze``
+  and the tests decode video with it: one decoder, whose frame count is ``prepare``'s); :func:`stream_rate` reads
+  the frame rate and the container's frame-count estimate without decoding.
 """
 
 from __future__ import annotations
@@ -207,14 +209,36 @@ def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     return None if track is None else track.samples
 
 
-def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decoded frames of ``path`` as uint8 (H, W, 3) RGB arrays, in presentation order."""
-    path = Path(path)
-    with _open(path) as c:
+def open_video(path: str | Path) -> av.container.InputContainer:
+    """The opened container of ``path``; a file FFmpeg cannot open or one without a video stream is an
+    :class:`InputError`."""
+    c = _open(Path(path))
+    if not c.streams.video:
+        c.close()
+        raise InputError(f"{path}: no video stream")
+    return c
+
+
+def decode_frames(path: str | Path) -> Iterator[tuple[float | None, np.ndarray]]:
+    """``(presentation time in seconds or None, uint8 (H, W, 3) RGB)`` for every decoded frame of the first video
+    stream, in order (the decoding behind ``prepare``'s exact frame count)."""
+    with open_video(path) as c:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
-        for frame in c.decode(vs):
-            yield frame.to_ndarray(format="rgb24")
+        try:
+            for frame in c.decode(vs):
+                yield frame.time, frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise InputError(f"{path}: cannot decode video: {e}") from None
+
+
+def stream_rate(path: str | Path) -> tuple[float, int]:
+    """(frames per second, the container's frame-count estimate; 0 when unknown), without decoding."""
+    with open_video(path) as c:
+        vs = c.streams.video[0]
+        rate = float(vs.average_rate or vs.guessed_rate or vs.base_rate or 0) or 25.0
+        n = vs.frames or (int(c.duration / 1e6 * rate) if c.duration else 0)
+    return rate, int(n)
 
 
 def find_videos(videos_dir: Path) -> dict[str, Path]:

@@ -50,7 +50,6 @@ from typing import Literal
 
 import h5py
 import numpy as np
-import soundfile as sf
 
 from pipeline.common.errors import InputError
 from pipeline.io.timebase import SAMPLE_RATE, Timestamps, frame_times
@@ -266,14 +265,6 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_R
     body = b"WAVE" + b"".join(tag + struct.pack("<I", len(x)) + x for tag, x in chunks)
     with open(path, "wb") as f:
         f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
-
-
-def read_audio(path: str | Path) -> np.ndarray:
-    """A prepared WAV as float32 (n_samples,) mono at 16 kHz."""
-    data, sr = sf.read(str(path), dtype="float32", always_2d=False)
-    if sr != SAMPLE_RATE or data.ndim != 1:
-        raise InputError(f"{path}: expected 16 kHz mono, got {sr} Hz with shape {data.shape}")
-    return data
 
 
 def load_folds(path: str | Path) -> list[list[str]]:

@@ -132,20 +132,6 @@ def ms_to_samples(ms: float, sample_rate: int = SAMPLE_RATE) -> int:
     return int(round(ms * sample_rate / 1000))
 
 
-def align_length(x: np.ndarray, n: int) -> np.ndarray:
-    """Rows of ``x`` (shape (T, ...)) made exactly ``n`` long: trimmed from the rear, or padded by repeating the
-    last row (paper 3.2). An empty ``x`` cannot be padded and raises ``ValueError``."""
-    if n < 0:
-        raise ValueError(f"length must be >= 0, got {n}")
-    t = x.shape[0]
-    if t >= n:
-        return x[:n]
-    if t == 0:
-        raise ValueError("cannot pad an empty sequence by repeating its last row")
-    pad = np.repeat(x[-1:], n - t, axis=0)
-    return np.concatenate([x, pad], axis=0)
-
-
 # ----------------------------------------------------------------------------------- audio frames per video frame
 def hop_frame(seconds: np.ndarray | float, hop: int, offset: float = 0.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Index (int64) of the hop-spaced analysis frame nearest to each time (seconds on the WAV's timeline): frame

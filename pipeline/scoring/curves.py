@@ -1,4 +1,5 @@
-"""Validation curves: labelled and predicted valence and arousal over time for a few trials of one fold, as a PNG.
+"""Curves as PNG: labelled and predicted valence and arousal over time for a few validation trials of one fold
+(``evaluate``), and a video's predicted curves with the valence-arousal plane (``analyze``).
 
 Drawn on matplotlib's Agg canvas through ``matplotlib.figure.Figure`` (no pyplot state, no display), so it runs on a
 headless machine and the image renders offline; ``dvc plots show`` embeds it.
@@ -81,3 +82,39 @@ def draw(path: Path, title: str, trials: Sequence[TrialCurves], note: str | None
     axes[0, 1].legend(loc="upper right", fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
+
+
+def spans(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` index ranges where ``mask`` (n,) is True."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def draw_video(path: Path, times: np.ndarray, pred: np.ndarray, face: np.ndarray, title: str) -> None:
+    """Write ``path`` (PNG) for one analysed video: valence and arousal ``pred`` (N, 2) over ``times`` (N,) seconds,
+    spans without a face (``face`` (N,) bool False) shaded, and the valence-arousal plane coloured by time."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    grid = fig.add_gridspec(1, 3)
+    ax = fig.add_subplot(grid[0, :2])
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
+    for k, (s, e) in enumerate(spans(~face)):
+        ax.axvspan(times[s] - step / 2, times[e - 1] + step / 2, color="0.85", lw=0, label="no face" if k == 0 else None)
+    ax.plot(times, pred[:, 0], color="tab:blue", lw=1.2, label="valence")
+    ax.plot(times, pred[:, 1], color="tab:red", lw=1.2, label="arousal")
+    ax.set(xlabel="time (s)", ylabel="value", ylim=(-1.05, 1.05), xlim=(times[0], max(times[-1], times[0] + step)))
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.legend(loc="upper right", fontsize=8, ncol=3)
+    plane = fig.add_subplot(grid[0, 2])
+    plane.add_patch(Circle((0, 0), 1, fill=False, color="0.6", lw=0.8))
+    plane.axhline(0, color="0.6", lw=0.6)
+    plane.axvline(0, color="0.6", lw=0.6)
+    plane.plot(pred[:, 0], pred[:, 1], color="0.5", lw=0.6, alpha=0.7)
+    sc = plane.scatter(pred[:, 0], pred[:, 1], c=times, s=6, cmap="viridis", zorder=3)
+    fig.colorbar(sc, ax=plane, label="time (s)", shrink=0.8)
+    plane.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xlabel="valence", ylabel="arousal", aspect="equal")
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

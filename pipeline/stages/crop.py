@@ -209,7 +209,7 @@ def _run_pool(
     records_path: Path,
 ) -> None:
     """Crop ``todo`` in ``jobs`` processes; record each video as soon as it is done."""
-    from pipeline.faces.video import stream_rate
+    from pipeline.io.media import stream_rate
 
     ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
     progress = ctx.Queue()  # workers report decoded frames; handed over at process start (initargs)

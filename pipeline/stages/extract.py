@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.common import provenance
+from pipeline.common.prefetch import read_ahead
 from pipeline.extractors import Extractor, build, code_version
 from pipeline.extractors import weights as W
 from pipeline.extractors.audio import AudioSource
@@ -293,8 +295,8 @@ class _Planned(torch.utils.data.Dataset):
 
 
 def _read_ahead(reader: Inputs, plan: list[list[Piece]], workers: int, pin: bool) -> Iterator[Batch]:
-    """The plan's batches in order, read :data:`PREFETCH` batches ahead: by a thread (``workers`` 0) or by a
-    DataLoader's worker processes."""
+    """The plan's batches in order, read ahead of the model: by a thread (``workers`` 0, :data:`PREFETCH` ahead) or
+    by a DataLoader's worker processes."""
     if workers:
         loader = torch.utils.data.DataLoader(
             _Planned(reader, plan), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
@@ -302,13 +304,76 @@ def _read_ahead(reader: Inputs, plan: list[list[Piece]], workers: int, pin: bool
         )
         yield from loader
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
-        ahead: deque[Future[Batch]] = deque(pool.submit(reader, p) for p in plan[:PREFETCH])
-        for nxt in plan[PREFETCH:] + [None] * len(ahead):
-            b = ahead.popleft().result()
-            if nxt is not None:
-                ahead.append(pool.submit(reader, nxt))
-            yield b
+    yield from read_ahead((reader(p) for p in plan), PREFETCH)
+
+
+class _Writer:
+    """Writer side: model outputs of a batch -> rows appended to the store (runs in the writer thread)."""
+
+    def __init__(self, store: FeatureStore, row_shape: tuple[int, ...], bar: tqdm) -> None:
+        self.store, self.row_shape, self.bar = store, row_shape, bar
+
+    def __call__(self, b: Batch, host: torch.Tensor, done: torch.cuda.Event | None) -> None:
+        """Append the rows of batch ``b`` from ``host`` (m, *row_shape) model outputs, once ``done`` has fired."""
+        if done is not None:
+            done.synchronize()  # releases the GIL while the device finishes
+        y = host.numpy()
+        if b.take is None:
+            rows = y
+        else:  # rows by `take`; zeros where no audio row exists
+            rows = np.zeros((b.rows, *self.row_shape), dtype=y.dtype)
+            have = b.take >= 0
+            if have.any():
+                rows[have] = y[b.take[have]]
+        at, written = 0, 0
+        for p in b.pieces:
+            skip, n = p.first_new - p.lo, p.hi - p.lo
+            if skip < n:
+                self.store.append(p.trial, p.first_new, rows[at + skip : at + n], b.mask[at + skip : at + n])
+                written += n - skip
+            at += n
+        self.bar.update(written)
+
+
+@contextmanager
+def _switch_interval(device: torch.device) -> Iterator[None]:
+    """A short interpreter switch interval during a CUDA run (:data:`SWITCH_INTERVAL_S`), restored afterwards."""
+    switch = sys.getswitchinterval()
+    if device.type == "cuda":
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _drive(ex: Extractor, batches: Iterator[Batch], write: _Writer, stats: RunStats, t_start: float) -> None:
+    """The main thread's loop: each batch through the network, its outputs handed to the writer thread (at most two
+    batches in flight); waits are added to ``stats``. A write error is raised here."""
+    out_dtype = getattr(torch, ex.dtype)  # the store dtype, "float16" or "float32"
+    with ThreadPoolExecutor(1, thread_name_prefix="write") as write_pool, torch.inference_mode():
+        writes: deque[Future[None]] = deque()
+        first = True
+        while True:
+            t0 = time.perf_counter()
+            b = next(batches, None)
+            stats.wait_input_s += time.perf_counter() - t0
+            if b is None:
+                break
+            y = ex.forward(b.x) if len(b.x) else torch.zeros((0, *ex.row_shape))
+            writes.append(write_pool.submit(write, b, *_to_host(y, out_dtype)))
+            t0 = time.perf_counter()
+            if first:  # time the warm-up batch on its own
+                writes[-1].result()
+                stats.first_batch_s = time.perf_counter() - t_start - stats.setup_s
+                first = False
+            while len(writes) > 2 or (writes and writes[0].done()):
+                writes.popleft().result()
+            stats.wait_output_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        while writes:
+            writes.popleft().result()
+        stats.wait_output_s += time.perf_counter() - t0
 
 
 def run(
@@ -342,60 +407,13 @@ def run(
     pin = ex.device.type == "cuda"
     reader = Inputs(ex, index, pin and not workers)  # worker processes cannot pin: the loader's thread does
     bar = tqdm(total=total, unit="frame", desc=f"extract {name}", disable=not progress, mininterval=1.0, smoothing=0.1)
-    out_dtype = getattr(torch, ex.dtype)  # the store dtype, "float16" or "float32"
-
-    def write(b: Batch, host: torch.Tensor, done: torch.cuda.Event | None) -> None:
-        if done is not None:
-            done.synchronize()  # releases the GIL while the device finishes
-        y = host.numpy()  # (m, *row_shape) model outputs
-        if b.take is None:
-            rows = y
-        else:  # rows by `take`; zeros where no audio row exists
-            rows = np.zeros((b.rows, *ex.row_shape), dtype=y.dtype)
-            have = b.take >= 0
-            if have.any():
-                rows[have] = y[b.take[have]]
-        at, written = 0, 0
-        for p in b.pieces:
-            skip, n = p.first_new - p.lo, p.hi - p.lo
-            if skip < n:
-                store.append(p.trial, p.first_new, rows[at + skip : at + n], b.mask[at + skip : at + n])
-                written += n - skip
-            at += n
-        bar.update(written)
-
-    switch = sys.getswitchinterval()
-    if ex.device.type == "cuda":
-        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="write") as write_pool, torch.inference_mode():
-            writes: deque[Future[None]] = deque()
+        with _switch_interval(ex.device):
             # the whole shard's grid (complete trials included), planned before the writer moves `flushed`
             plan = list(plan_batches(store, store.write_order(shard), ex.batch))
-            batches = _read_ahead(reader, plan, workers, pin)
-            first = True
-            while True:
-                t0 = time.perf_counter()
-                b = next(batches, None)
-                stats.wait_input_s += time.perf_counter() - t0
-                if b is None:
-                    break
-                y = ex.forward(b.x) if len(b.x) else torch.zeros((0, *ex.row_shape))
-                writes.append(write_pool.submit(write, b, *_to_host(y, out_dtype)))
-                t0 = time.perf_counter()
-                if first:  # time the warm-up batch on its own
-                    writes[-1].result()
-                    stats.first_batch_s = time.perf_counter() - t_start - stats.setup_s
-                    first = False
-                while len(writes) > 2 or (writes and writes[0].done()):
-                    writes.popleft().result()  # re-raises a write error here
-                stats.wait_output_s += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            while writes:
-                writes.popleft().result()
-            stats.wait_output_s += time.perf_counter() - t0
+            with closing(_read_ahead(reader, plan, workers, pin)) as batches:  # the reader stops before it closes
+                _drive(ex, batches, _Writer(store, ex.row_shape, bar), stats, t_start)
     finally:
-        sys.setswitchinterval(switch)
         store.flush()
         reader.close()
         bar.close()
