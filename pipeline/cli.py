@@ -26,7 +26,13 @@ app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# options several commands share, declared once (each command still sets its own default, the path in dvc.yaml)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file to read")]
+PreparedOpt = Annotated[Path, typer.Option(help="prepared-data folder")]
+FeaturesOpt = Annotated[Path, typer.Option(help="folder of <name>.zarr feature stores")]
+ModelsOpt = Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cuda:auto (claim a free GPU), cpu, cuda, cuda:1 ...")]
+JobsOpt = Annotated[int, typer.Option(help="processes working at once (0 = one per core)")]
 
 
 def user_errors(fn: F) -> F:
@@ -41,6 +47,12 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def sections(params: Path, *names: str) -> list[Any]:
+    """The params sections ``names`` of the file ``params`` (read once), each validated into its dataclass."""
+    raw = config.read_params(params)
+    return [config.section(name, params, raw) for name in names]
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -65,23 +77,24 @@ def demo(
     """Generate the demo dataset (Aff-Wild2 layout) from params `demo`."""
     from pipeline.stages import demo as stage
 
+    (cfg,) = sections(params, "demo")
     with guard(out):
-        stage.run(config.section("demo", params), out, crops=crops)
+        stage.run(cfg, out, crops=crops)
 
 
 @app.command()
 @user_errors
 def crop(
     out: Annotated[Path, typer.Option(help="summary to write (per trial: frames, frames with a face)")] = Path("data/crops.json"),
-    jobs: Annotated[int, typer.Option(help="videos processed at once (0 = one per core)")] = 0,
+    jobs: JobsOpt = 0,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Detect, align and track faces into <data.root>/cropped_aligned/ (params data.crops: detect)."""
     from pipeline.stages import crop as stage
 
-    raw = config.read_params(params)
+    data, faces = sections(params, "data", "faces")
     with guard(out):
-        stage.run(config.section("data", params, raw), config.section("faces", params, raw), out, jobs=jobs)
+        stage.run(data, faces, out, jobs=jobs)
 
 
 @app.command()
@@ -96,7 +109,7 @@ def scan(
     from pipeline.stages import scan as stage
 
     with guard(out):
-        stage.run(Path(root) if root else Path(config.section("data", params).root), out)
+        stage.run(Path(root) if root else Path(sections(params, "data")[0].root), out)
 
 
 @app.command()
@@ -105,64 +118,62 @@ def backbone(
     out: Annotated[Path, typer.Option(help="folder for backbone.pth, heads.pth, meta.json")] = Path("models/backbone"),
     metrics: Annotated[Path, typer.Option(help="validation metrics of the best epoch")] = Path("metrics/backbone.json"),
     plots: Annotated[Path, typer.Option(help="per-epoch curves (dvclive)")] = Path("metrics/backbone"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: DeviceOpt = "auto",
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Fine-tune IResNet-50 on AffectNet (params `backbone`), the paper's visual backbone (section 3.1)."""
     from pipeline.stages import backbone as stage
 
-    raw = config.read_params(params)
+    cfg, frames = sections(params, "backbone", "frames")
     with guard(out, metrics, plots):
-        stage.run(
-            config.section("backbone", params, raw), config.section("frames", params, raw).size, out, metrics, plots,
-            device=device,
-        )
+        stage.run(cfg, frames.size, out, metrics, plots, device=device)
 
 
 @app.command()
 @user_errors
 def prepare(
-    out: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
-    jobs: Annotated[int, typer.Option(help="decoding processes (0 = one per core)")] = 0,
+    out: PreparedOpt = Path("data/prepared"),
+    jobs: JobsOpt = 0,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Decode crops, labels and audio of every trial into data/prepared/."""
     from pipeline.stages import prepare as stage
 
-    raw = config.read_params(params)
+    data, frames = sections(params, "data", "frames")
     with guard(out):
-        stage.run(config.section("data", params, raw), config.section("frames", params, raw), out, jobs=jobs)
+        stage.run(data, frames, out, jobs=jobs)
 
 
 @app.command()
 @user_errors
 def split(
-    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    prepared: PreparedOpt = Path("data/prepared"),
     out: Annotated[Path, typer.Option(help="folds file to write")] = Path("data/prepared/folds.json"),
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Cut train+validation trials into cross-validation folds."""
     from pipeline.stages import split as stage
 
+    (cfg,) = sections(params, "split")
     with guard(out):
-        stage.run(config.section("split", params), prepared / "index.json", out)
+        stage.run(cfg, prepared / "index.json", out)
 
 
 @app.command()
 @user_errors
 def extract(
     name: Annotated[str, typer.Argument(help="extractor: iresnet, vggish or mfcc")],
-    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
+    prepared: PreparedOpt = Path("data/prepared"),
     out: Annotated[Path | None, typer.Option(help="store to write (default features/<name>.zarr)")] = None,
     shard: Annotated[str, typer.Option(help="i/n: extract every n-th bucket, starting at i")] = "0/1",
-    device: Annotated[str, typer.Option(help="auto, cuda:auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: DeviceOpt = "auto",
     workers: Annotated[int, typer.Option(help="processes reading batch inputs (0: a thread of this process)", min=0)] = 0,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Extract one feature store from data/prepared/."""
     from pipeline.stages import extract as stage
 
-    features = config.section("features", params)
+    (features,) = sections(params, "features")
     if name not in ("iresnet", "vggish", "mfcc"):
         raise config.ConfigError(f"unknown extractor {name!r} (known: iresnet, vggish, mfcc)")
     out = out or Path(f"features/{name}.zarr")
@@ -174,11 +185,11 @@ def extract(
 @user_errors
 def train(
     fold: Annotated[int, typer.Option(help="fold index to hold out for validation")],
-    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores")] = Path("features"),
+    prepared: PreparedOpt = Path("data/prepared"),
+    features: FeaturesOpt = Path("features"),
     models: Annotated[Path, typer.Option(help="models folder; writes models/fold<k>/")] = Path("models"),
     metrics: Annotated[Path, typer.Option(help="metrics folder; writes metrics/fold<k>.json and metrics/fold<k>/")] = Path("metrics"),
-    device: Annotated[str, typer.Option(help="auto, cuda:auto (claim a free GPU), cpu, cuda:1 ...")] = "auto",
+    device: DeviceOpt = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="continue an interrupted run of the same inputs and params from its last epoch")
     ] = False,
@@ -187,28 +198,19 @@ def train(
     """Train the fusion model on every fold but FOLD and validate on FOLD."""
     from pipeline.stages import train as stage
 
-    raw = config.read_params(params)
-    with guard(models / f"fold{fold}", metrics / f"fold{fold}.json"):
-        stage.run(
-            fold,
-            config.section("model", params, raw),
-            config.section("train", params, raw),
-            prepared=prepared,
-            features=features,
-            model_dir=models / f"fold{fold}",
-            metrics_file=metrics / f"fold{fold}.json",
-            plots_dir=metrics / f"fold{fold}",
-            device=device,
-            resume=resume,
-        )
+    model, train_cfg = sections(params, "model", "train")
+    model_dir, metrics_file = models / f"fold{fold}", metrics / f"fold{fold}.json"
+    with guard(model_dir, metrics_file):
+        stage.run(fold, model, train_cfg, prepared=prepared, features=features, model_dir=model_dir,
+                  metrics_file=metrics_file, plots_dir=metrics / f"fold{fold}", device=device, resume=resume)
 
 
 @app.command()
 @user_errors
 def evaluate(
-    models: Annotated[Path, typer.Option(help="models folder with fold<k>/ validation predictions")] = Path("models"),
-    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores (their weights are recorded)")] = Path("features"),
+    models: ModelsOpt = Path("models"),
+    prepared: PreparedOpt = Path("data/prepared"),
+    features: FeaturesOpt = Path("features"),
     out: Annotated[Path, typer.Option(help="cross-validation summary (mean and std over folds)")] = Path("metrics/cv.json"),
     folds_out: Annotated[Path, typer.Option(help="folder of per-fold metrics, fold<k>.json")] = Path("metrics/cv_folds"),
     curves: Annotated[Path, typer.Option(help="folder of validation curves, fold<k>.png")] = Path("metrics/val_curves"),
@@ -218,46 +220,30 @@ def evaluate(
     metrics/cv_folds/ (per fold) and metrics/val_curves/ (a few trials per fold, drawn)."""
     from pipeline.stages import evaluate as stage
 
-    raw = config.read_params(params)
+    split_cfg, post = sections(params, "split", "postprocess")
     with guard(out, folds_out, curves):
-        stage.run(
-            config.section("split", params, raw),
-            config.section("postprocess", params, raw),
-            models,
-            prepared,
-            features,
-            out,
-            folds_out,
-            curves,
-        )
+        stage.run(split_cfg, post, models, prepared, features, out, folds_out, curves)
 
 
 @app.command()
 @user_errors
 def predict(
-    models: Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")] = Path("models"),
-    prepared: Annotated[Path, typer.Option(help="prepared-data folder")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="folder of <name>.zarr stores")] = Path("features"),
+    models: ModelsOpt = Path("models"),
+    prepared: PreparedOpt = Path("data/prepared"),
+    features: FeaturesOpt = Path("features"),
     out: Annotated[Path, typer.Option(help="submission file")] = Path("predictions/test.txt"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: DeviceOpt = "auto",
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Average the folds' models over every test trial and write the ABAW submission file."""
     from pipeline.stages import predict as stage
 
-    raw = config.read_params(params)
+    split_cfg, post = sections(params, "split", "postprocess")
     with guard(out):
-        stage.run(
-            config.section("split", params, raw),
-            config.section("postprocess", params, raw),
-            models,
-            prepared,
-            features,
-            out,
-            device=device,
-        )
+        stage.run(split_cfg, post, models, prepared, features, out, device=device)
 
 
+# ----------------------------------------------------------------------------------------------- commands
 @app.command()
 @user_errors
 def ablation(
@@ -266,42 +252,31 @@ def ablation(
     jobs: Annotated[int, typer.Option(help="queue workers with --run")] = 1,
 ) -> None:
     """Queue the eight LA-SE / TCN / Transformer combinations of the paper's Table 2 as DVC experiments."""
-    from pipeline.commands import ablation as stage
+    from pipeline.commands import ablation as command
 
     if report:
-        stage.report(sys.stdout)
+        command.report(sys.stdout)
     else:
-        stage.queue(start=run, jobs=jobs)
+        command.queue(start=run, jobs=jobs)
 
 
 @app.command()
 @user_errors
 def analyze(
     videos: Annotated[list[Path], typer.Argument(help="video files (any container and codec FFmpeg decodes)")],
-    models: Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")] = Path("models"),
+    models: ModelsOpt = Path("models"),
     out: Annotated[Path, typer.Option(help="folder for <stem>.csv and <stem>.png")] = Path("results"),
     all_faces: Annotated[bool, typer.Option("--all-faces", help="one CSV and PNG per face track (<stem>_face<k>)")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: DeviceOpt = "auto",
     work: Annotated[Path | None, typer.Option(help="keep the intermediate dataset, prepared data and features here")] = None,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
     """Per-frame valence and arousal of any video with the trained folds: <out>/<stem>.csv and .png."""
     from pipeline.commands import analyze as command
 
-    raw = config.read_params(params)
+    frames, features, faces, post = sections(params, "frames", "features", "faces", "postprocess")
     with guard(out):
-        command.run(
-            videos,
-            models,
-            out,
-            config.section("frames", params, raw),
-            config.section("features", params, raw),
-            config.section("faces", params, raw),
-            config.section("postprocess", params, raw),
-            all_faces=all_faces,
-            device=device,
-            work=work,
-        )
+        command.run(videos, models, out, frames, features, faces, post, all_faces=all_faces, device=device, work=work)
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
@@ -309,7 +284,7 @@ def analyze(
 @user_errors
 def bench_extract(
     work: Annotated[Path, typer.Option(help="scratch folder (a demo dataset is built there if needed)")] = Path("data/bench"),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    device: DeviceOpt = "auto",
     long_minutes: Annotated[float, typer.Option(help="also measure peak RSS on one video this long (0 = skip)")] = 0.0,
     seconds: Annotated[float, typer.Option(help="length of each of the 8 generated demo videos", min=3.0)] = 8.0,
     min_model_seconds: Annotated[
@@ -329,7 +304,7 @@ def bench_extract(
 @user_errors
 def bench_train(
     work: Annotated[Path, typer.Option(help="scratch folder (synthetic data is built there once)")] = Path("data/bench"),
-    device: Annotated[str, typer.Option(help="auto, cuda:auto, cpu, cuda ...")] = "auto",
+    device: DeviceOpt = "auto",
     frames: Annotated[
         int | None, typer.Option(help="synthetic data in Aff-Wild2's shapes and trial lengths, this many frames", min=2000)
     ] = None,
@@ -356,12 +331,9 @@ def bench_backbone(
     """Images/s of a backbone training step per device and freeze setting, and the projected AffectNet epoch."""
     from pipeline.bench import backbone as bench
 
-    raw = config.read_params(params)
-    bench.run(
-        config.section("backbone", params, raw), config.section("frames", params, raw).size,
-        devices=tuple(device or ()), size=size, batch=batch, freezes=tuple(freeze or ()), seconds=seconds,
-        images=images,
-    )
+    cfg, frames = sections(params, "backbone", "frames")
+    bench.run(cfg, frames.size, devices=tuple(device or ()), size=size, batch=batch, freezes=tuple(freeze or ()),
+              seconds=seconds, images=images)
 
 
 @bench_app.command("scan")
