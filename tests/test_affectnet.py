@@ -1,5 +1,5 @@
-"""AffectNet in both layouts: labels, documented skip codes, alignment or box cut, errors naming file and line; the
-demo's generated set."""
+"""AffectNet in both layouts: labels, documented skip codes, alignment or box cut (the reader's landmarks through
+:mod:`pipeline.faces.stills`), errors naming file and line; the demo's generated set."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.common.config import DemoConfig
 from pipeline.common.errors import InputError
+from pipeline.faces import stills
 from pipeline.faces.align import TEMPLATE, align_face
 from pipeline.io import affectnet as A
 from pipeline.stages import demo
@@ -87,7 +88,7 @@ def test_csv_layout_labels_and_skips(csv_root):
         "image missing (e.g. Manually_Annotated_Images/1/gone.png)": 1,
         "valence/arousal -2 (not rated)": 1,
     }
-    np.testing.assert_allclose(s.landmarks[0], FIVE, atol=1e-3)  # 68 -> 5 points
+    np.testing.assert_allclose(stills.five_points(s.landmarks[0]), FIVE, atol=1e-3)  # 68 -> 5 points
     assert np.isnan(s.landmarks[1]).all() and s.box[1].tolist() == [-10, 20, 80, 80]
     v = A.read_split(csv_root, "val")
     assert v.expression.tolist() == [7, 0] and v.va[0].tolist() == [0.0, 1.0]
@@ -97,24 +98,17 @@ def test_csv_layout_labels_and_skips(csv_root):
 def test_csv_faces_are_aligned_or_cut(csv_root):
     s = A.read_split(csv_root, "train")
     src0 = np.asarray(Image.open(csv_root / s.paths[0]).convert("RGB"))
-    aligned = align_face(src0, s.landmarks[0], 112)  # the five points read back (checked against FIVE above)
-    np.testing.assert_array_equal(s.load(0, 112), aligned)
-    small = s.load(0, 48)
+    # the five points read back (checked against FIVE above)
+    aligned = align_face(src0, stills.five_points(s.landmarks[0]), 112)
+    np.testing.assert_array_equal(stills.load_crop(s, 0, 112), aligned)
+    small = stills.load_crop(s, 0, 48)
     expect = np.asarray(Image.fromarray(aligned).resize((48, 48), Image.BILINEAR))
     np.testing.assert_array_equal(small, expect)
     src1 = np.asarray(Image.open(csv_root / s.paths[1]).convert("RGB"))
-    cut = s.load(1, 80)  # box (-10, 20, 80, 80): 10 black columns on the left, then the picture
+    cut = stills.load_crop(s, 1, 80)  # box (-10, 20, 80, 80): 10 black columns on the left, then the picture
     assert cut.shape == (80, 80, 3)
     np.testing.assert_array_equal(cut[:, :10], 0)
     np.testing.assert_array_equal(cut[:, 10:], src1[20:100, 0:70])
-
-
-def test_five_points_order():
-    pts = np.arange(136, dtype=float).reshape(68, 2)
-    five = A.five_points(pts)
-    np.testing.assert_allclose(five[0], pts[36:42].mean(0))
-    np.testing.assert_allclose(five[1], pts[42:48].mean(0))
-    np.testing.assert_allclose(five[2:], pts[[30, 48, 54]])
 
 
 def test_csv_errors_name_file_and_line(csv_root):
@@ -160,9 +154,9 @@ def test_per_image_layout(tmp_path):
     np.testing.assert_allclose(s.va, [[-0.176846, 0.5], [0.25, -0.5]], rtol=1e-6)
     assert s.skipped == {"expression 9 (Uncertain)": 1, "valence/arousal -2 (not rated)": 1}
     src = np.asarray(Image.open(root / s.paths[0]).convert("RGB"))
-    np.testing.assert_array_equal(s.load(0, 96), src)  # no landmarks, no box: the image is the crop
+    np.testing.assert_array_equal(stills.load_crop(s, 0, 96), src)  # no landmarks, no box: the image is the crop
     src1 = np.asarray(Image.open(root / s.paths[1]).convert("RGB"))
-    np.testing.assert_array_equal(s.load(1, 112), align_face(src1, (FIVE * 0.8).astype(np.float32), 112))
+    np.testing.assert_array_equal(stills.load_crop(s, 1, 112), align_face(src1, (FIVE * 0.8).astype(np.float32), 112))
     assert len(A.read_split(root, "val")) == 2
     assert s.fingerprint() != A.read_split(root, "val").fingerprint()
 
@@ -182,15 +176,6 @@ def test_not_an_affectnet_folder(tmp_path):
         A.read_split(tmp_path / "x", "train")
 
 
-def test_cut_box_inside_and_beyond():
-    img = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
-    np.testing.assert_array_equal(A.cut_box(img, np.array([1, 1, 2, 2])), img[1:3, 1:3])
-    out = A.cut_box(img, np.array([3, -1, 4, 3]))
-    assert out.shape == (3, 4, 3)
-    np.testing.assert_array_equal(out[1:, :2], img[:2, 3:5])
-    assert out[0].sum() == 0 and out[:, 2:].sum() == 0
-
-
 def test_demo_affectnet_set(tmp_path):
     cfg = DemoConfig(affectnet_train=60, affectnet_val=30, size=64)
     demo.write_affectnet(cfg, tmp_path / "a")
@@ -201,11 +186,12 @@ def test_demo_affectnet_set(tmp_path):
     centres = demo.EXPRESSION_VA
     assert demo.expression_of(centres[:, 0], centres[:, 1]).tolist() == list(range(8))
     assert demo.expression_of(np.array([0.9, -0.7, 0.05]), np.array([0.2, -0.5, -0.05])).tolist() == [1, 2, 0]
-    assert s.load(0, 64).shape == (64, 64, 3)
+    assert stills.load_crop(s, 0, 64).shape == (64, 64, 3)
     v = A.read_split(tmp_path / "a", "val")
     assert len(v) == 30 - 30 // demo.CODED_EVERY
     # valence shows in the picture: warm (red minus blue) skin for positive valence
-    tint = np.array([s.load(i, 64)[24:40, 24:40].astype(float) @ [1, 0, -1] for i in range(len(s))]).mean((1, 2))
+    crops = [stills.load_crop(s, i, 64) for i in range(len(s))]
+    tint = np.array([c[24:40, 24:40].astype(float) @ [1, 0, -1] for c in crops]).mean((1, 2))
     assert np.corrcoef(tint, s.va[:, 0])[0, 1] > 0.5
     demo.write_affectnet(cfg, tmp_path / "b")  # deterministic
     for rel in ("train_set/images/7.jpg", "val_set/annotations/3_val.npy", "train_set/annotations/24_exp.npy"):

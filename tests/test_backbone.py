@@ -22,13 +22,16 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.common.config import BackboneConfig, DemoConfig, IResNetConfig
-from pipeline.extractors import build
+from pipeline.extractors import build, iresnet
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
 from pipeline.extractors.weights import RANDOM_INIT, RandomInitWarning, sha256_file
 from pipeline.io.affectnet import read_split
+from pipeline.nn.backbone import BackboneNet
 from pipeline.scoring import metrics
 from pipeline.stages import backbone as B
 from pipeline.stages import demo
+from pipeline.training import backbone as T
+from pipeline.training.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32  # input side of the tiny runs (2 x 2 maps)
@@ -71,7 +74,7 @@ def test_checkpoint_loads_strictly_into_the_extractor_and_arcface_network(traine
     assert not torch.equal(state["layer4.2.conv2.weight"], start["layer4.2.conv2.weight"])
     assert not torch.equal(state["bn2.running_mean"], start["bn2.running_mean"])
     frames = torch.randint(0, 256, (3, SIZE, SIZE, 3), dtype=torch.uint8)
-    model = B.BackboneNet(iresnet50()).eval()
+    model = BackboneNet(iresnet50()).eval()
     model.net.load_state_dict(state)
     with torch.inference_mode():
         np.testing.assert_allclose(ex.forward(frames).numpy(), model.net.forward_map(preprocess(frames)).numpy(), rtol=1e-4, atol=1e-5)
@@ -85,6 +88,7 @@ def test_outputs_label_the_random_start(trained):
     assert written["random_init_start"] is True and written["init"] == RANDOM_INIT
     assert meta["random_init_start"] is True and meta["init"]["sha256"] == RANDOM_INIT
     assert meta["backbone_sha256"] == sha256_file(work / "models" / "backbone" / "backbone.pth")
+    assert meta["input"] == {"size": SIZE, "contract": "RGB uint8 -> (x / 255 - 0.5) / 0.5", "features": "bn2 map"}
     assert written["train_images"] == 48 and written["val_images"] == 25 and written["size"] == SIZE
     assert meta["data"]["skipped"]["train"] == {"expression 8 (None)": 1, "expression 9 (Uncertain)": 1}
     for k in ("accuracy", "macro_f1", "ccc_valence", "ccc_arousal", "ccc_mean"):
@@ -105,34 +109,14 @@ def test_a_tiny_run_reduces_the_loss(trained):
     assert losses[-1] < losses[0], losses
 
 
-def test_augment_warp_is_exact_without_jitter(monkeypatch):
-    frames = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
-    monkeypatch.setattr(B, "ROTATE_DEG", 0.0)
-    monkeypatch.setattr(B, "SCALE", (1.0, 1.0))
-    monkeypatch.setattr(B, "SHIFT", 0.0)
-    monkeypatch.setattr(B, "JITTER", 0.0)
-    monkeypatch.setattr(B, "FLIP_P", 0.0)
-    torch.testing.assert_close(B.augment(frames, B.step_generator(1)), preprocess(frames), atol=1e-5, rtol=0)
-    monkeypatch.setattr(B, "FLIP_P", 1.0)
-    torch.testing.assert_close(B.augment(frames, B.step_generator(1)), preprocess(frames.flip(2)), atol=1e-5, rtol=0)
-
-
-def test_augment_is_a_function_of_its_seed():
-    frames = torch.randint(0, 256, (8, 24, 24, 3), dtype=torch.uint8)
-    a = B.augment(frames, B.step_generator(0, 1, 2))
-    assert a.shape == (8, 3, 24, 24) and a.min() >= -1 and a.max() <= 1
-    assert torch.equal(a, B.augment(frames, B.step_generator(0, 1, 2)))
-    assert not torch.equal(a, B.augment(frames, B.step_generator(0, 1, 3)))
-
-
 def test_batches():
-    batches = B.epoch_batches(50, 16, seed=0, epoch=3)
+    batches = T.epoch_batches(50, 16, seed=0, epoch=3)
     assert [len(b) for b in batches] == [16, 16, 16]  # the short last batch is dropped
     assert len(set(np.concatenate(batches))) == 48
-    assert all((a == b).all() for a, b in zip(batches, B.epoch_batches(50, 16, seed=0, epoch=3)))
-    assert not (B.epoch_batches(50, 16, seed=0, epoch=4)[0] == batches[0]).all()
-    assert [len(b) for b in B.epoch_batches(5, 16, 0, 0)] == [5]
-    w = B.class_weights(np.array([10, 0, 30, 60, 0, 0, 0, 0]), balance=True)
+    assert all((a == b).all() for a, b in zip(batches, T.epoch_batches(50, 16, seed=0, epoch=3)))
+    assert not (T.epoch_batches(50, 16, seed=0, epoch=4)[0] == batches[0]).all()
+    assert [len(b) for b in T.epoch_batches(5, 16, 0, 0)] == [5]
+    w = T.class_weights(np.array([10, 0, 30, 60, 0, 0, 0, 0]), balance=True)
     assert w[1] == 0 and w[[0, 2, 3]].mean() == pytest.approx(1.0) and w[0] == pytest.approx(6 * w[3])
 
 
@@ -156,10 +140,41 @@ def test_fingerprint_follows_what_decides_the_result(affectnet):
     assert fp != B.fingerprint(cfg, SIZE, RANDOM_INIT, val, train)
 
 
+def test_meta_contract_is_derived_from_the_extractors_contract():
+    assert B.contract_text(iresnet.CONTRACT) == "RGB uint8 -> (x / 255 - 0.5) / 0.5"
+    assert B.contract_text(iresnet.InputContract(color="BGR", mean=0.0, std=1.0)) == "BGR uint8 -> (x / 255 - 0) / 1"
+
+
+def test_resume_fingerprint_and_dvc_cover_the_same_code():
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["backbone"]["deps"]
+    code = {Path(m.__file__).resolve().relative_to(ROOT).as_posix() for m in B.CODE}
+    assert code == {d for d in deps if d.endswith(".py")}
+    assert "pipeline/stages/backbone.py" in code and "pipeline/faces/stills.py" in code
+
+
+def test_step_plan_follows_the_schedule():
+    cfg = BackboneConfig(batch=16, epochs=3, warmup_epochs=0.5, lr=1e-3)
+    plan = T.StepPlan.of(50, cfg)
+    assert (plan.per_epoch, plan.warmup, plan.total) == (3, 2, 9)  # 50 images: 3 full batches of 16
+    assert [plan.lr(cfg.lr, 0, k) for k in range(3)] == [cfg.lr * lr_factor(k, 2, 9) for k in range(3)]
+    assert plan.lr(cfg.lr, 2, 1) == cfg.lr * lr_factor(7, 2, 9) and plan.lr(cfg.lr, 0, 0) == pytest.approx(cfg.lr / 2)
+
+
+def test_training_batches_from_the_trunk_bank(affectnet):
+    crops = T.Crops(read_split(affectnet, "val"), SIZE, cache_gb=1.0, workers=0, pin=False)
+    bank = torch.arange(len(crops), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, 1, 1)  # (N, 2, 1, 1)
+    idx = [np.array([4, 1, 9]), np.array([0, 2, 3])]
+    cpu = torch.device("cpu")
+    for i, (x, e, v) in zip(idx, T.train_batches(crops, bank, idx, cpu)):
+        assert x[:, 0, 0, 0].tolist() == i.tolist() and torch.equal(e, crops.expression[i]) and torch.equal(v, crops.va[i])
+    for (fa, ea, _), (fb, eb, _) in zip(T.train_batches(crops, None, idx, cpu), crops.batches(idx)):
+        assert torch.equal(fa, fb) and torch.equal(ea, eb)
+
+
 def test_decoding_per_batch_equals_the_cache(affectnet):
     split = read_split(affectnet, "val")
-    cached = B.Crops(split, SIZE, cache_gb=1.0, workers=0, pin=False)
-    streamed = B.Crops(split, SIZE, cache_gb=0.0, workers=0, pin=False)
+    cached = T.Crops(split, SIZE, cache_gb=1.0, workers=0, pin=False)
+    streamed = T.Crops(split, SIZE, cache_gb=0.0, workers=0, pin=False)
     assert cached.cache is not None and streamed.cache is None
     idx = [np.array([3, 0, 7]), np.array([1, 2])]
     for (fa, ea, va), (fb, eb, vb) in zip(cached.batches(idx), streamed.batches(idx)):
@@ -205,7 +220,8 @@ def _cli(params: Path, out: Path) -> list[str]:
 @pytest.mark.slow
 def test_resume_after_kill_9_ends_as_an_uninterrupted_run(affectnet, tmp_path):
     params = write_params(tmp_path / "params.yaml", {**TINY, "data": str(affectnet), "epochs": 4})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the subprocesses run this checkout's code, not an installed copy of the package
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     subprocess.run(_cli(params, whole), check=True, capture_output=True, env=env, cwd=tmp_path)
 
@@ -248,16 +264,16 @@ def test_bench_prints_one_line_per_setting(capsys):
 def test_split_forward_and_the_trunk_bank_equal_the_whole(affectnet):
     x = torch.randn(2, 3, SIZE, SIZE)
     for freeze in ("none", "stem", "layer2"):
-        m = B.BackboneNet(random_init(iresnet50()), freeze).eval()
+        m = BackboneNet(random_init(iresnet50()), freeze).eval()
         with torch.inference_mode():
             logits, va = m(x)
             z = m.net.forward_map(x).mean(dim=(2, 3))  # the extractor's own forward, pooled
             assert torch.equal(logits, m.expression(z)) and torch.equal(va, torch.tanh(m.va(z))), freeze
-    crops = B.Crops(read_split(affectnet, "val"), SIZE, cache_gb=1.0, workers=0, pin=False)
-    m = B.BackboneNet(random_init(iresnet50()), "layer3")
+    crops = T.Crops(read_split(affectnet, "val"), SIZE, cache_gb=1.0, workers=0, pin=False)
+    m = BackboneNet(random_init(iresnet50()), "layer3")
     cpu = torch.device("cpu")
-    bank = B.trunk_bank(m, crops, 8, cpu, None, cache_gb=1.0)
+    bank = T.trunk_bank(m, crops, 8, cpu, None, cache_gb=1.0)
     assert bank.shape == (25, 256, 4, 4)  # layer3 output at 32 px (layer4 halves it to 2 x 2)
-    assert B.evaluate(m, crops, 8, cpu, None, bank) == B.evaluate(m, crops, 8, cpu, None)
-    assert B.trunk_bank(m, crops, 8, cpu, None, cache_gb=1e-6) is None  # too large for the budget
-    assert B.trunk_bank(B.BackboneNet(iresnet50()), crops, 8, cpu, None, cache_gb=1.0) is None  # nothing frozen
+    assert T.evaluate(m, crops, 8, cpu, None, bank) == T.evaluate(m, crops, 8, cpu, None)
+    assert T.trunk_bank(m, crops, 8, cpu, None, cache_gb=1e-6) is None  # too large for the budget
+    assert T.trunk_bank(BackboneNet(iresnet50()), crops, 8, cpu, None, cache_gb=1.0) is None  # nothing frozen

@@ -1,7 +1,7 @@
 """``python -m pipeline bench backbone``: images/s of a ``backbone`` training step, per device and freeze setting,
 and the projected time of one epoch over AffectNet's training set; one JSON line per setting.
 
-It times the stage's own parts (:func:`pipeline.stages.backbone.train_step`: augmentation, forward, both losses,
+It times the stage's own parts (:func:`pipeline.training.backbone.train_step`: augmentation, forward, both losses,
 backward, AdamW) on a fixed batch already on the device, after two warm-up steps, with a device synchronisation
 around the timed region; and validation forward passes the same way. The weights are the random init (speed does
 not depend on them). The data path is measured apart: decoding and aligning one generated 425 x 425 JPEG with
@@ -24,13 +24,11 @@ from PIL import Image
 from pipeline.common.config import BackboneConfig
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
-from pipeline.io.affectnet import N_CLASSES, load_face
-from pipeline.stages.backbone import (
-    BackboneNet,
-    make_optimizer,
-    step_generator,
-    train_step,
-)
+from pipeline.faces.stills import load_face
+from pipeline.io.affectnet import N_CLASSES
+from pipeline.nn.backbone import BackboneNet
+from pipeline.training.augment import step_generator
+from pipeline.training.backbone import make_optimizer, make_scaler, train_step
 
 WARMUP_STEPS = 2
 CPU_MAX_BATCH = 64  # a CPU step of 256 images takes long enough that the measurement would hold few steps
@@ -40,7 +38,7 @@ def time_steps(model: BackboneNet, cfg: BackboneConfig, batch: tuple, dev: torch
     """Training images/s: steps on ``batch`` until ``seconds`` have passed (at least 3 steps)."""
     adtype = amp_dtype(dev)
     optim = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=adtype == torch.float16)
+    scaler = make_scaler(adtype)
     model.train()
     step = 0
 

@@ -21,10 +21,8 @@ Labels (the AffectNet paper): expression 0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 
 rated" (Uncertain and No-Face). An image is used only with an expression in 0..7 and both values in [-1, 1]; the
 others are skipped and counted per reason. Any other value is an :class:`InputError` naming the file (and line).
 
-Faces: with landmarks, the five-point ArcFace alignment of :mod:`pipeline.faces.align` (the template
-``cropped_aligned`` is cut with); else the face box (CSV) or, in the per-image layout, the whole image, which is
-already a face crop. Crops are resized to the training size with PIL's bilinear filter, as ``prepare`` resizes
-Aff-Wild2 crops.
+Landmarks are kept as the files give them (68 iBUG points, or five); :mod:`pipeline.faces.stills` turns an image
+into a face crop with them.
 """
 
 from __future__ import annotations
@@ -39,10 +37,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from pipeline.common.errors import InputError
-from pipeline.faces.align import TEMPLATE_SIZE, align_face
 
 Split = Literal["train", "val"]
 Layout = Literal["csv", "per_image"]
@@ -74,7 +70,7 @@ class AffectNetSplit:
     expression: np.ndarray  # int64 (N,), 0..7
     va: np.ndarray  # float32 (N, 2): valence, arousal in [-1, 1]
     box: np.ndarray  # float32 (N, 4): x, y, width, height in source pixels
-    landmarks: np.ndarray  # float32 (N, 5, 2): the five alignment points in source pixels
+    landmarks: np.ndarray  # float32 (N, 68, 2): iBUG points in source pixels; a five-point annotation in rows 0-4
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> images left out
 
     def __len__(self) -> int:
@@ -92,10 +88,6 @@ class AffectNetSplit:
         for a in (self.expression, self.va, self.box, self.landmarks):
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
-
-    def load(self, i: int, size: int) -> np.ndarray:
-        """Image ``i`` as a uint8 (size, size, 3) RGB face crop (aligned, boxed or whole, see the module doc)."""
-        return load_face(self.root / self.paths[i], self.box[i], self.landmarks[i], size)
 
 
 # --------------------------------------------------------------------------------------------------- layouts
@@ -158,7 +150,7 @@ class _Rows:
             np.asarray(self.expression, dtype=np.int64).reshape(n),
             np.asarray(self.va, dtype=np.float32).reshape(n, 2),
             np.asarray(self.box, dtype=np.float32).reshape(n, 4),
-            np.asarray(self.landmarks, dtype=np.float32).reshape(n, 5, 2),
+            np.asarray(self.landmarks, dtype=np.float32).reshape(n, N_POINTS, 2),
             dict(sorted(self.skipped.items())),
         )
 
@@ -179,26 +171,20 @@ def label_skip_reason(where: str, expr: float, val: float, aro: float) -> str | 
 
 
 NAN_BOX = (math.nan,) * 4
-NAN_LMK = np.full((5, 2), np.nan, dtype=np.float32)
-
-
-def five_points(points: np.ndarray) -> np.ndarray:
-    """(68, 2) iBUG landmarks -> (5, 2) alignment points in the ArcFace template's order: the eye on the image's
-    left (mean of 36-41), the other eye (42-47), the nose tip (30), the mouth corners (48, 54). (5, 2) passes."""
-    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    if len(points) == 5:
-        return points
-    return np.stack(
-        [points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]]
-    ).astype(np.float32)
+N_POINTS = 68  # iBUG's landmark count
+NAN_LMK = np.full((N_POINTS, 2), np.nan, dtype=np.float32)
 
 
 def _landmarks(values: np.ndarray, where: str) -> np.ndarray:
+    """Flat x, y values -> float32 (68, 2): 68 points as given, or five points in rows 0-4 and NaN after them; all
+    NaN for no values."""
     if values.size == 0:
         return NAN_LMK
-    if values.size not in (136, 10) or not np.isfinite(values).all():
+    if values.size not in (2 * N_POINTS, 10) or not np.isfinite(values).all():
         raise InputError(f"{where}: facial landmarks must be 68 (or 5) x, y pairs, got {values.size} values")
-    return five_points(values)
+    points = NAN_LMK.copy()
+    points[: values.size // 2] = np.asarray(values, dtype=np.float32).reshape(-1, 2)
+    return points
 
 
 def _number(text: str, where: str, column: str) -> float:
@@ -308,40 +294,3 @@ def _drop_missing_images(rows: _Rows, root: Path) -> _Rows:
         values = getattr(rows, name)
         setattr(rows, name, [values[i] for i in keep])
     return rows
-
-
-# ----------------------------------------------------------------------------------------------------- faces
-def load_face(path: Path, box: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (size, size, 3) RGB: aligned by the five ``landmarks`` when they are finite, else cut by ``box``
-    (x, y, w, h; black beyond the image) when finite, else the whole image; resized bilinearly to ``size``."""
-    try:
-        with Image.open(path) as img:
-            if not np.isfinite(landmarks).all() and not np.isfinite(box).all():
-                img.draft("RGB", (size, size))  # JPEG decodes at 1/2, 1/4 or 1/8 scale when still >= size
-            rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # writable: batches are built from it
-    except FileNotFoundError:
-        raise InputError(f"{path}: image not found") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot decode: {e}") from None
-    if np.isfinite(landmarks).all():
-        crop = align_face(rgb, landmarks, size=TEMPLATE_SIZE)
-    elif np.isfinite(box).all():
-        crop = cut_box(rgb, box)
-    else:
-        crop = rgb
-    if crop.shape[:2] != (size, size):
-        crop = np.array(Image.fromarray(crop).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    return crop
-
-
-def cut_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """(H, W, 3) image, box (x, y, w, h) -> the box's pixels, black where it leaves the image (AffectNet's boxes
-    are sometimes partly outside)."""
-    x, y, w, h = (int(round(float(v))) for v in box)
-    w, h = max(w, 1), max(h, 1)
-    out = np.zeros((h, w, 3), dtype=np.uint8)
-    H, W = image.shape[:2]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-    if x1 > x0 and y1 > y0:
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = image[y0:y1, x0:x1]
-    return out
