@@ -44,7 +44,7 @@ class InputContract:
     @property
     def formula(self) -> str:
         """The normalisation as written in store attributes and the backbone's meta.json: ``(x / 255 - 0.5) / 0.5``."""
-        return f"(x / {round(1 / self.scale)} - {self.mean}) / {self.std}"
+        return f"(x / {round(1 / self.scale)} - {self.mean:g}) / {self.std:g}"
 
 
 CONTRACT = InputContract()

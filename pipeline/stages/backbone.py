@@ -87,7 +87,7 @@ CODE = (
 
 def contract_text(c: InputContract) -> str:
     """The input contract as meta.json writes it: ``RGB uint8 -> (x / 255 - 0.5) / 0.5``."""
-    return f"{c.color} {c.dtype} -> (x / {round(1 / c.scale)} - {c.mean:g}) / {c.std:g}"
+    return f"{c.color} {c.dtype} -> {c.formula}"
 
 
 # ------------------------------------------------------------------------------------------------- inputs
