@@ -248,7 +248,7 @@ def predict(
     raw = config.read_params(params)
     with guard(out):
         stage.run(
-            config.section("split", params, raw),
+            config.section("split", params, raw).folds,
             config.section("postprocess", params, raw),
             models,
             prepared,

@@ -42,7 +42,6 @@ from pipeline.common.config import (
     FeaturesConfig,
     FramesConfig,
     PostprocessConfig,
-    SplitConfig,
 )
 from pipeline.common.errors import InputError
 from pipeline.common.provenance import RANDOM_INIT
@@ -291,8 +290,7 @@ def run(
         for m, ex in extractors.items():
             extract.run(m, getattr(features_cfg, m), prepared, features / f"{m}.zarr", device=device, extractor=ex, progress=progress)
             clock.lap(f"extract_{m}")
-        split = SplitConfig(n_folds=max(2, max(fold_models.folds) + 1), folds=fold_models.folds)
-        preds = predict.run(split, post_cfg, models, prepared, features, base / "predictions.txt", device=device)
+        preds = predict.run(fold_models.folds, post_cfg, models, prepared, features, base / "predictions.txt", device=device)
         clock.lap("predict")
     finally:
         if tmp is not None:
