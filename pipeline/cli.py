@@ -240,7 +240,7 @@ def predict(
 
     split_cfg, post = sections(params, "split", "postprocess")
     with guard(out):
-        stage.run(split_cfg, post, models, prepared, features, out, device=device)
+        stage.run(split_cfg.folds, post, models, prepared, features, out, device=device)
 
 
 # ----------------------------------------------------------------------------------------------- commands

@@ -1,5 +1,5 @@
 """The feature bank: batches equal windows built one by one from the stores, every placement gives the same rows,
-streaming statistics equal the two-pass ones, overlapping inference averages, and placement choice."""
+streaming statistics equal the two-pass ones, and placement choice. (Overlapping inference: tests/test_inference.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.train import make_synthetic
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import read_labels
 from pipeline.training import bank as bank_mod
 from pipeline.training.bank import FeatureBank, choose_placement
 from pipeline.training.normalise import Normaliser
-from pipeline.training.windows import predict, window_starts
+from pipeline.training.synthetic import make_synthetic
 
 SHAPES = {"iresnet": (8, 2, 2), "vggish": (6,), "mfcc": (4,)}
 MODS = list(SHAPES)
@@ -110,38 +109,7 @@ def test_placements_read_the_same_rows(tiny):
     b = FeatureBank.build(features, MODS, names, CPU, "mmap", progress=False)
     rows = torch.from_numpy(np.random.default_rng(0).integers(0, a.n_rows, 200))
     for m in MODS:
-        assert torch.equal(a._take(m, rows), b._take(m, rows))
-
-
-class Position(torch.nn.Module):
-    """Outputs, for each frame, its position in its window (t / T) and a per-frame input value: averaging over the
-    windows that cover a frame gives the mean position, which "last window wins" would not."""
-
-    def forward(self, inputs, mask=None):
-        x = inputs["mfcc"]
-        pos = torch.arange(x.shape[1], dtype=torch.float32)[None, :].expand(x.shape[0], -1) / x.shape[1]
-        return torch.stack([pos, torch.tanh(x[..., 0])], dim=-1)
-
-
-@pytest.mark.parametrize(("window", "hop"), [(16, 5), (16, 16), (100, 30), (7, 3)])
-def test_inference_averages_overlapping_windows(tiny, window, hop):
-    _, features = tiny
-    names = trials_of(features)
-    bank = FeatureBank.build(features, ["mfcc"], names, CPU, "device", progress=False)
-    norm = bank.fit_normaliser(names)
-    preds = predict(Position(), bank, norm, names[1:4], window, hop, zero_missing=False, batch=3)
-    assert sorted(preds) == sorted(names[1:4])
-    for t in names[1:4]:
-        n = int(bank.lengths[bank.index[t]])
-        total, count = np.zeros(n), np.zeros(n)
-        for s in window_starts(n, window, hop):
-            k = min(window, n - s)
-            total[s : s + k] += np.arange(k) / window
-            count[s : s + k] += 1
-        np.testing.assert_allclose(preds[t][:, 0], total / count, atol=1e-6)
-        rows = FeatureStore.open(features / "mfcc.zarr").read(t)
-        np.testing.assert_allclose(preds[t][:, 1], np.tanh(norm.apply("mfcc", torch.from_numpy(rows)).numpy()[:, 0]),
-                                   atol=1e-6)
+        assert torch.equal(a.take(m, rows), b.take(m, rows))
 
 
 def test_auto_placement_keeps_small_modalities_in_fast_memory(monkeypatch):
@@ -157,3 +125,17 @@ def test_auto_placement_keeps_small_modalities_in_fast_memory(monkeypatch):
     Mem.available = 100 * 2**30
     assert choose_placement(sizes, gpu, "auto")["iresnet"] == "pinned"
     assert choose_placement(sizes, CPU, "pinned") == {m: "device" for m in sizes}  # no pinned memory without CUDA
+
+
+def test_lengths_of_follows_the_order_asked_and_windows_use_bank_rows(tiny):
+    _, features = tiny
+    names = trials_of(features)
+    bank = FeatureBank.build(features, ["mfcc"], names, CPU, "device", progress=False)
+    store = FeatureStore.open(features / "mfcc.zarr")
+    asked = names[::-1]
+    assert list(bank.lengths_of(asked)) == asked and bank.lengths_of(asked) == {t: store.n_rows(t) for t in asked}
+    i = bank.index[names[2]]
+    n = int(bank.lengths[i])
+    w = bank.windows(np.array([i]), np.array([n - 3]), 5)
+    assert w.rows[0].tolist() == [int(bank.offsets[i]) + n - 3 + k for k in (0, 1, 2, 2, 2)]
+    np.testing.assert_array_equal(bank.take("mfcc", w.rows[0, :3]).numpy(), store.read(names[2])[n - 3 :])

@@ -22,7 +22,7 @@ STORE = {"extractor": "iresnet", "weights": "ab" * 32, "parameters": {"pooled": 
 
 
 def write(path: Path) -> dict:
-    model = FusionModel.from_config(MODEL, SHAPES, max_len=20)
+    model = FusionModel(MODEL, SHAPES, max_len=20)
     norm = Normaliser({m: torch.zeros(s) for m, s in SHAPES.items()}, {m: torch.ones(s) for m, s in SHAPES.items()})
     doc = {
         "fold": 0, "epoch": 1, "model": as_dict(MODEL), "row_shapes": {m: list(s) for m, s in SHAPES.items()},

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.train import make_synthetic
 from pipeline.commands import ablation
 from pipeline.common.config import (
     ModelConfig,
@@ -21,6 +20,7 @@ from pipeline.common.config import (
 from pipeline.common.errors import InputError
 from pipeline.io.prepared import load_index
 from pipeline.stages import evaluate, predict, train
+from pipeline.training.synthetic import make_synthetic
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 MODEL = ModelConfig(tcn_channels=8, tcn_levels=2, tcn_kernel=3, d_model=16, heads=2, layers=1, ff_dim=32, head_hidden=8)
@@ -198,7 +198,7 @@ def test_folds_table_sits_beside_the_papers_table3():
 
 def test_predict_writes_submission(trained, tmp_path):
     out = tmp_path / "predictions" / "test.txt"
-    final = predict.run(SPLIT, PostprocessConfig(method="median", window=(3, 3)), trained / "models", trained / "prepared", trained / "features", out)
+    final = predict.run(SPLIT.folds, PostprocessConfig(method="median", window=(3, 3)), trained / "models", trained / "prepared", trained / "features", out)
     lines = out.read_text().splitlines()
     assert lines[0] == "image_location,valence,arousal"
     index = load_index(trained / "prepared")
@@ -213,9 +213,9 @@ def test_predict_writes_submission(trained, tmp_path):
 
 
 def test_predict_averages_folds(trained, tmp_path):
-    single = predict.run(SplitConfig(n_folds=2, folds=(0,)), PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "a.txt")
-    other = predict.run(SplitConfig(n_folds=2, folds=(1,)), PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "b.txt")
-    both = predict.run(SPLIT, PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "c.txt")
+    single = predict.run((0,), PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "a.txt")
+    other = predict.run([1], PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "b.txt")
+    both = predict.run(SPLIT.folds, PostprocessConfig(), trained / "models", trained / "prepared", trained / "features", tmp_path / "c.txt")
     t = next(iter(both))
     assert np.allclose(both[t], (single[t] + other[t]) / 2, atol=1e-5)
 
@@ -230,7 +230,7 @@ def test_predict_refuses_features_from_other_weights(trained, tmp_path):
     g = zarr.open_group(str(features / "vggish.zarr"), mode="r+")
     g.attrs["weights"] = "ef" * 32  # as if re-extracted with a trained VGGish after the models were trained
     with pytest.raises(InputError, match="vggish: trained on features from weights random-init, features/vggish.zarr has efef"):
-        predict.run(SPLIT, PostprocessConfig(), trained / "models", trained / "prepared", features, tmp_path / "t.txt")
+        predict.run(SPLIT.folds, PostprocessConfig(), trained / "models", trained / "prepared", features, tmp_path / "t.txt")
     assert not (tmp_path / "t.txt").exists()
 
 

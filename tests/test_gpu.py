@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.train import make_synthetic
 from pipeline.common.config import IResNetConfig, ModelConfig, TrainConfig, VGGishConfig
 from pipeline.io.features import FeatureStore
 from pipeline.stages import extract, train
+from pipeline.training.synthetic import make_synthetic
 
 pytestmark = [
     pytest.mark.gpu,

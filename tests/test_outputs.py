@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.bench.train import make_synthetic
 from pipeline.cli import app
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import OutputError, guard
+from pipeline.training.synthetic import make_synthetic
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bench.train import make_synthetic
 from pipeline.common.config import ModelConfig, TrainConfig
 from pipeline.common.errors import PipelineError
 from pipeline.io.features import FeatureStore
 from pipeline.io.prepared import load_folds, read_labels
 from pipeline.nn import FusionModel
 from pipeline.stages import train
-from pipeline.training import checkpoint
+from pipeline.training import checkpoint, fusion
 from pipeline.training.bank import FeatureBank
+from pipeline.training.synthetic import make_synthetic
 
 SHAPES = {"iresnet": (16, 3, 3), "vggish": (12,), "mfcc": (8,)}
 MODEL = ModelConfig(tcn_channels=8, tcn_levels=2, tcn_kernel=3, d_model=16, heads=2, layers=1, ff_dim=32, head_hidden=8)
@@ -83,7 +83,7 @@ def test_every_combination_trains(tiny, tmp_path, lase, tcn, transformer):
     model, _, _ = checkpoint.load(tmp_path / "models" / "fold2" / "model.pt", torch.device("cpu"))
     assert (model.encoder is not None) == transformer and bool(len(model.tcn)) == tcn
     assert (model.pool["iresnet"].attention is not None) == lase
-    init = FusionModel.from_config(cfg, {m: s for m, s in SHAPES.items()}, max_len=TRAIN.window)
+    init = FusionModel(cfg, {m: s for m, s in SHAPES.items()}, max_len=TRAIN.window)
     trained = model.state_dict()
     assert set(trained) == set(init.state_dict())
     assert any(not torch.equal(v, trained[k]) for k, v in init.state_dict().items() if v.is_floating_point())
@@ -124,12 +124,12 @@ def test_bank_batches_train_exactly_like_windows_read_one_by_one(tiny):
     weights = []
     for make in (lambda w: bank.batch(w, norm, zero_missing=False), one_by_one):
         torch.manual_seed(0)
-        model = FusionModel.from_config(MODEL, bank.row_shapes, max_len=TRAIN.window)
+        model = FusionModel(MODEL, bank.row_shapes, max_len=TRAIN.window)
         optim = torch.optim.AdamW(model.parameters(), lr=TRAIN.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: 1.0)
-        plan = train.epoch_batches(bank, lengths, TRAIN, [0, 0, 0], torch.Generator().manual_seed(0))
-        train.train_epoch(model, (make(w) for w in plan), optim, sched, torch.amp.GradScaler("cuda", enabled=False),
-                          None, train.StepTimes())
+        plan = fusion.epoch_batches(bank, lengths, TRAIN, [0, 0, 0], torch.Generator().manual_seed(0))
+        learner = fusion.Learner(model, optim, sched, torch.amp.GradScaler("cuda", enabled=False), None)
+        fusion.train_epoch(learner, (make(w) for w in plan), fusion.StepTimes())
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
@@ -203,3 +203,49 @@ def test_cli_train(tiny, tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert (tmp_path / "m" / "fold0" / "model.pt").exists() and (tmp_path / "x" / "fold0.json").exists()
+
+
+def test_loop_state_keeps_the_best_epoch_stops_early_and_survives_a_resume_file(tmp_path):
+    cfg = TrainConfig(**{**TRAIN.__dict__, "epochs": 10, "patience": 2})
+    model = torch.nn.Linear(2, 2)
+    state = train.LoopState()
+    preds = {"a": np.ones((3, 2), np.float32)}
+    for mean in (None, 0.5, 0.4, 0.7, 0.6, 0.65):  # an undefined CCC first, then a best at epoch 3
+        state.end_epoch({"ccc_mean": mean, "per_trial": {}}, preds, model, cfg)
+        state.history.append({"val/ccc_mean": mean})
+    assert state.best.epoch == 3 and state.best.ccc_mean == 0.7 and state.done and state.epoch == 6 and state.stale == 2
+    assert torch.equal(state.best.weights["weight"], model.weight) and state.best.weights["weight"] is not model.weight
+    torch.save({"state": state.to_doc()}, tmp_path / "s.pt")
+    back = train.LoopState.from_doc(torch.load(tmp_path / "s.pt", weights_only=True)["state"])
+    assert (back.epoch, back.step, back.stale, back.done, back.history) == (6, 0, 2, True, state.history)
+    assert back.best.epoch == 3 and back.best.val == state.best.val and np.array_equal(back.best.preds["a"], preds["a"])
+    fresh = train.LoopState.from_doc(train.LoopState().to_doc())
+    assert fresh.best.epoch == -1 and fresh.best.ccc_mean == -np.inf and not fresh.done
+
+
+def test_bench_train_measures_every_rate_on_fold0(tmp_path, monkeypatch, capsys):
+    """``bench train`` end to end on its demo-sized synthetic set, each rate timed over one call."""
+    from pipeline.bench import train as bench
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "model: {tcn_channels: 8, tcn_levels: 1, d_model: 16, heads: 2, layers: 1, ff_dim: 16, head_hidden: 8}\n"
+        "train: {window: 40, hop: 20, batch: 4}\n"
+    )
+    per_call = {}
+
+    def once(step, device, n, min_seconds=0.0, warmup=1):
+        step()
+        per_call[len(per_call)] = n
+        return 10.0 * (len(per_call))  # gather, data, model, pipeline, infer: 10, 20, 30, 40, 50 windows/s
+
+    monkeypatch.setattr(bench, "_rate", once)
+    line = bench.run(tmp_path / "work", device="cpu", steps=3)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == line
+    assert line["data"] == "synthetic demo size" and (tmp_path / "work" / "prepared" / "folds.json").exists()
+    assert (line["gather_windows_per_s"], line["data_windows_per_s"], line["model_windows_per_s"]) == (10, 20, 30)
+    assert line["data_over_gather"] == 2.0 and line["ratio"] == round(40 / 30, 3) and line["batch"] == 4
+    assert per_call[3] == 3 * 4  # the pipeline rate counts k = steps batches of 4 windows per call
+    folds = load_folds(tmp_path / "work" / "prepared" / "folds.json")
+    assert line["frames_total"] == sum(FeatureStore.open(tmp_path / "work" / "features" / "mfcc.zarr").n_rows(t)
+                                       for f in folds for t in f)

@@ -48,10 +48,10 @@ def make_models(root: Path, params: Path = config.DEFAULT_PARAMS, folds: int = 2
     Returns the models folder."""
     import torch
 
-    from pipeline.bench.train import make_synthetic
     from pipeline.commands.analyze import extractor_record
     from pipeline.extractors import build
     from pipeline.stages import train
+    from pipeline.training.synthetic import make_synthetic
 
     raw = config.read_params(params)
     model_cfg = config.section("model", params, raw)

@@ -43,7 +43,6 @@ from pipeline.common.config import (
     FeaturesConfig,
     FramesConfig,
     PostprocessConfig,
-    SplitConfig,
 )
 from pipeline.common.errors import InputError
 from pipeline.common.provenance import RANDOM_INIT
@@ -250,9 +249,8 @@ def predict_videos(
         extract.run(m, getattr(cfgs["features"], m), prepared, features / f"{m}.zarr", device=device, extractor=ex,
                     progress=progress)
         clock.lap(f"extract_{m}")
-    split = SplitConfig(n_folds=max(2, max(fold_models.folds) + 1), folds=fold_models.folds)
-    preds = predict.run(split, cfgs["postprocess"], fold_models.root, prepared, features, base / "predictions.txt",
-                        device=device)
+    preds = predict.run(fold_models.folds, cfgs["postprocess"], fold_models.root, prepared, features,
+                        base / "predictions.txt", device=device)
     clock.lap("predict")
     return results, index, preds
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from pipeline.common.config import ModelConfig
 from pipeline.nn.lase import MapPool
 from pipeline.nn.tcn import TCN
 
@@ -74,33 +75,18 @@ class Head(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """Multimodal valence-arousal model.
+    """Multimodal valence-arousal model, built from a :class:`~pipeline.common.config.ModelConfig` (``model`` in
+    params.yaml; its ``modalities`` and ``zero_missing`` are the data's business and not read here).
 
     ``row_shapes`` maps each modality (feature store name) to its per-frame row shape: ``(512, h, w)`` for
-    IResNet maps, ``(dim,)`` for vectors. The visual maps go through LA-SE (or average pooling); each modality
-    through its own TCN when ``tcn``; the concatenation through a Transformer encoder when ``transformer``.
+    IResNet maps, ``(dim,)`` for vectors; the model's inputs are its keys, in that order. The visual maps go through
+    LA-SE (or average pooling); each modality through its own TCN when ``cfg.tcn``; the concatenation through a
+    Transformer encoder when ``cfg.transformer``. ``max_len``: the longest sequence learned positions cover (the
+    training window). Parameter names (``pool.<m>``, ``tcn.<m>``, ``proj``, ``positions``, ``encoder``, ``head``)
+    are what checkpoints hold.
     """
 
-    def __init__(
-        self,
-        row_shapes: Mapping[str, tuple[int, ...]],
-        *,
-        lase: bool = True,
-        tcn: bool = True,
-        transformer: bool = True,
-        tcn_channels: int = 128,
-        tcn_levels: int = 4,
-        tcn_kernel: int = 5,
-        tcn_dropout: float = 0.1,
-        d_model: int = 256,
-        heads: int = 4,
-        layers: int = 4,
-        ff_dim: int = 512,
-        dropout: float = 0.4,
-        positions: str = "sinusoidal",
-        head_hidden: int = 64,
-        max_len: int = 300,
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, row_shapes: Mapping[str, tuple[int, ...]], max_len: int) -> None:
         super().__init__()
         self.modalities = list(row_shapes)
         self.pool = nn.ModuleDict()
@@ -108,44 +94,23 @@ class FusionModel(nn.Module):
         width = 0
         for name, shape in row_shapes.items():
             channels = int(shape[0])
-            self.pool[name] = MapPool(channels, attention=lase and len(shape) == 3)
-            if tcn:
-                self.tcn[name] = TCN(channels, tcn_channels, tcn_levels, tcn_kernel, tcn_dropout)
-                width += tcn_channels
+            self.pool[name] = MapPool(channels, attention=cfg.lase and len(shape) == 3)
+            if cfg.tcn:
+                self.tcn[name] = TCN(channels, cfg.tcn_channels, cfg.tcn_levels, cfg.tcn_kernel, cfg.tcn_dropout)
+                width += cfg.tcn_channels
             else:
                 width += channels
         self.concat_dim = width
-        if transformer:
-            self.proj = nn.Linear(width, d_model)
-            self.positions = LearnedPositions(d_model, max_len) if positions == "learned" else SinusoidalPositions(d_model)
-            layer = nn.TransformerEncoderLayer(d_model, heads, ff_dim, dropout, batch_first=True, norm_first=True)
-            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-            width = d_model
+        if cfg.transformer:
+            d = cfg.d_model
+            self.proj = nn.Linear(width, d)
+            self.positions = LearnedPositions(d, max_len) if cfg.positions == "learned" else SinusoidalPositions(d)
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff_dim, cfg.dropout, batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+            width = d
         else:
             self.encoder = None
-        self.head = Head(width, head_hidden)
-
-    @classmethod
-    def from_config(cls, cfg, row_shapes: Mapping[str, tuple[int, ...]], max_len: int) -> "FusionModel":
-        """Build from a :class:`pipeline.common.config.ModelConfig` (modalities taken from ``row_shapes``)."""
-        return cls(
-            row_shapes,
-            lase=cfg.lase,
-            tcn=cfg.tcn,
-            transformer=cfg.transformer,
-            tcn_channels=cfg.tcn_channels,
-            tcn_levels=cfg.tcn_levels,
-            tcn_kernel=cfg.tcn_kernel,
-            tcn_dropout=cfg.tcn_dropout,
-            d_model=cfg.d_model,
-            heads=cfg.heads,
-            layers=cfg.layers,
-            ff_dim=cfg.ff_dim,
-            dropout=cfg.dropout,
-            positions=cfg.positions,
-            head_hidden=cfg.head_hidden,
-            max_len=max_len,
-        )
+        self.head = Head(width, cfg.head_hidden)
 
     def forward(self, inputs: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs: {modality: (B, T, *row_shape)}; mask: (B, T) bool, True for real frames, False for padding.

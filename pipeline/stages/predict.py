@@ -12,11 +12,12 @@ over folds of each fold's whole-trial prediction, smoothed as ``postprocess`` sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.common.config import PostprocessConfig, SplitConfig
+from pipeline.common.config import PostprocessConfig
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.common.errors import InputError
 from pipeline.common.outputs import atomic_path
@@ -24,7 +25,7 @@ from pipeline.io.prepared import load_index
 from pipeline.scoring.postprocess import smooth
 from pipeline.training import checkpoint
 from pipeline.training.bank import FeatureBank
-from pipeline.training.windows import predict
+from pipeline.training.inference import predict
 
 HEADER = "image_location,valence,arousal"
 
@@ -49,7 +50,7 @@ def check_submission(path: Path, expected: dict[str, int]) -> None:
 
 
 def run(
-    split_cfg: SplitConfig,
+    folds: Sequence[int],
     post_cfg: PostprocessConfig,
     models: Path,
     prepared: Path,
@@ -57,7 +58,8 @@ def run(
     out: Path,
     device: str = "auto",
 ) -> dict[str, np.ndarray]:
-    """Write ``out`` and return ``{trial: (N, 2)}`` final predictions."""
+    """Write ``out`` and return ``{trial: (N, 2)}`` final predictions, the mean of the models of ``folds`` (each
+    ``models/fold<k>/model.pt``; ``split.folds`` in params.yaml)."""
     models, prepared, features, out = Path(models), Path(prepared), Path(features), Path(out)
     dev = resolve_device(device)
     index = load_index(prepared)
@@ -65,7 +67,7 @@ def run(
     names = [t.name for t in tests]
     totals: dict[str, np.ndarray] = {}
     bank: FeatureBank | None = None
-    for k in split_cfg.folds:
+    for k in folds:
         path = models / f"fold{k}" / "model.pt"
         model, norm, ckpt = checkpoint.load(path, dev)
         if not names:
@@ -74,14 +76,14 @@ def run(
         if bank is None:  # the test trials' rows, loaded once for every fold's model
             bank = FeatureBank.build(features, modalities, names, dev, "auto", progress=False)
         if modalities != bank.modalities:
-            raise InputError(f"{path}: uses modalities {modalities}, fold {split_cfg.folds[0]}'s model uses {bank.modalities}")
+            raise InputError(f"{path}: uses modalities {modalities}, fold {folds[0]}'s model uses {bank.modalities}")
         checkpoint.check_features(path, ckpt, {m: {**bank.attrs[m], "row_shape": list(bank.row_shapes[m])} for m in modalities})
         preds = predict(model, bank, norm, names, ckpt["window"], ckpt["hop"], bool(ckpt["model"]["zero_missing"]),
                         autocast_dtype=amp_dtype(dev))
         for t in names:
             totals[t] = totals.get(t, 0) + preds[t].astype(np.float64)
         print(f"predict: fold {k} done ({len(names)} test trials)")
-    final = {t: smooth((totals[t] / len(split_cfg.folds)).astype(np.float32), post_cfg) for t in names}
+    final = {t: smooth((totals[t] / len(folds)).astype(np.float32), post_cfg) for t in names}
 
     with atomic_path(out) as tmp:
         with open(tmp, "w") as f:
@@ -93,5 +95,5 @@ def run(
                 for frame, (v, a) in zip(trial.frames, pred):
                     f.write(f"{trial.name}/{frame:05d}.jpg,{v:.6f},{a:.6f}\n")
         check_submission(tmp, {t.name: index.videos[t.video].n_frames for t in tests})
-    print(f"predict: {out} ({sum(len(p) for p in final.values())} rows, {len(names)} test trials, {len(split_cfg.folds)} folds averaged)")
+    print(f"predict: {out} ({sum(len(p) for p in final.values())} rows, {len(names)} test trials, {len(folds)} folds averaged)")
     return final

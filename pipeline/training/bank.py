@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,23 +37,12 @@ from tqdm import tqdm
 
 from pipeline.io.features import FeatureStore, StoreError
 from pipeline.training.normalise import CHUNK_ROWS, Normaliser
+from pipeline.training.windows import Windows, window_rows
 
 Placement = Literal["auto", "device", "pinned", "mmap"]
 GPU_RESERVE_BYTES = 4 * 2**30  # GPU memory kept free for the model, activations and the allocator's slack
 HOST_SHARE = 0.5  # share of the host's available memory a bank may take
 CPU_BLOCK_ROWS = 256  # rows gathered and normalised together on the CPU: they stay in cache between the two
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Bank coordinates of ``B`` windows of ``T`` frames (CPU tensors): rows to read and which are real frames."""
-
-    trial: torch.Tensor  # (B,) int64 trial index (bank order)
-    rows: torch.Tensor  # (B, T) int64 bank row of each frame (padding repeats the trial's last row)
-    valid: torch.Tensor  # (B, T) bool, False on padding past the trial's end
-
-    def __len__(self) -> int:
-        return len(self.trial)
 
 
 class FeatureBank:
@@ -174,24 +162,20 @@ class FeatureBank:
                 keep = self.present[m][o + lo : o + hi]
                 if not bool(keep.any()):
                     continue
-                idx = torch.arange(o + lo, o + hi)
-                rows = self._take(m, idx.to(self.device) if self.placement[m] == "device" else idx)
-                yield rows[keep]
+                yield self.take(m, torch.arange(o + lo, o + hi))[keep]
 
     def fit_normaliser(self, trials: Sequence[str], chunk_rows: int = CHUNK_ROWS) -> Normaliser:
         """Per-element statistics of the real rows of ``trials`` (the training folds), one streaming pass."""
         return Normaliser.fit({m: self.real_rows(m, trials, chunk_rows) for m in self.modalities}, self.row_shapes)
 
+    def lengths_of(self, trials: Sequence[str]) -> dict[str, int]:
+        """``{trial: frames}`` of ``trials``, in that order (what the window plans take)."""
+        return {t: int(self.lengths[self.index[t]]) for t in trials}
+
     def windows(self, trial: np.ndarray, start: np.ndarray, length: int) -> Windows:
         """Coordinates of windows ``(trial[b], start[b])`` (bank trial index, first row in the trial) of ``length``
-        frames: one vectorised computation, no per-window Python."""
-        tr = torch.as_tensor(np.asarray(trial, dtype=np.int64))
-        st = torch.as_tensor(np.asarray(start, dtype=np.int64))
-        pos = st[:, None] + torch.arange(length)[None, :]  # (B, T) row within the trial
-        n = self._t_lengths[tr][:, None]  # (B, 1)
-        valid = pos < n
-        rows = self._t_offsets[tr][:, None] + torch.minimum(pos, n - 1)  # (B, T) bank rows, padding clamped
-        return Windows(tr, rows, valid)
+        frames in this bank (:func:`~pipeline.training.windows.window_rows`)."""
+        return window_rows(self._t_offsets, self._t_lengths, trial, start, length)
 
     def batch(
         self, w: Windows, norm: Normaliser, zero_missing: bool, with_labels: bool = True
@@ -223,25 +207,26 @@ class FeatureBank:
 
     def _gather_normalised(self, m: str, rows: torch.Tensor, norm: Normaliser) -> torch.Tensor:
         if self.device.type != "cpu":
-            return norm.apply(m, self._take(m, rows))
+            return norm.apply(m, self.take(m, rows))
         out = torch.empty((len(rows), *self.row_shapes[m]), dtype=torch.float32)
         for i in range(0, len(rows), CPU_BLOCK_ROWS):  # gather and normalise a block while it is in cache
-            norm.apply(m, self._take(m, rows[i : i + CPU_BLOCK_ROWS]), out=out[i : i + CPU_BLOCK_ROWS])
+            norm.apply(m, self.take(m, rows[i : i + CPU_BLOCK_ROWS]), out=out[i : i + CPU_BLOCK_ROWS])
         return out
 
-    def _take(self, m: str, rows: torch.Tensor) -> torch.Tensor:
-        """Bank rows ``rows`` (K,) of modality ``m`` (on the compute device for ``device`` placement, else on the
-        CPU) -> (K, *row_shape) in the store dtype on the compute device."""
+    def take(self, m: str, rows: torch.Tensor) -> torch.Tensor:
+        """Bank rows ``rows`` (K,) int64 of modality ``m``, as stored: (K, *row_shape) in the store dtype on the compute
+        device, neither normalised nor masked. ``rows`` may be on the CPU or the compute device; they are moved to
+        where the rows live (a no-op when they are there already)."""
         where = self.placement[m]
         if where == "device":
-            return self._rows[m].index_select(0, rows)
-        idx = rows
+            return self._rows[m].index_select(0, rows.to(self.device))
+        rows = rows.cpu()  # pinned and mapped rows are gathered on the host
         if where == "pinned":
-            buf = torch.empty((len(idx), *self.row_shapes[m]), dtype=self._rows[m].dtype, pin_memory=True)
-            torch.index_select(self._rows[m], 0, idx, out=buf)
+            buf = torch.empty((len(rows), *self.row_shapes[m]), dtype=self._rows[m].dtype, pin_memory=True)
+            torch.index_select(self._rows[m], 0, rows, out=buf)
             return buf.to(self.device, non_blocking=True)
         # mmap: bank row -> (bucket, row in bucket); one fancy index per bucket the rows touch
-        r = idx.numpy()
+        r = rows.numpy()
         trial = np.searchsorted(self.offsets, r, side="right") - 1
         bucket = self._bucket[m][trial]
         local = self._store_row[m][trial] + (r - self.offsets[trial])

@@ -58,7 +58,7 @@ def load(path: Path, device: torch.device) -> tuple[FusionModel, Normaliser, dic
     ckpt = read(path)
     cfg = ModelConfig(**ckpt["model"])
     row_shapes = {m: tuple(s) for m, s in ckpt["row_shapes"].items()}
-    model = FusionModel.from_config(cfg, row_shapes, max_len=ckpt["window"])
+    model = FusionModel(cfg, row_shapes, max_len=ckpt["window"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -13,7 +13,7 @@ fold, in float64.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -92,8 +92,3 @@ class Normaliser:
     def from_state(cls, state: Mapping[str, Mapping[str, torch.Tensor]]) -> "Normaliser":
         return cls({m: v["mean"].float() for m, v in state.items()}, {m: v["std"].float() for m, v in state.items()})
 
-
-def chunked(x: torch.Tensor, rows: int = CHUNK_ROWS) -> Iterator[torch.Tensor]:
-    """Consecutive (<= ``rows``, ...) slices of ``x`` (views, no copy)."""
-    for i in range(0, x.shape[0], rows):
-        yield x[i : i + rows]

@@ -1,21 +1,19 @@
-"""Windows for the temporal model: where they start in a trial, the training plan of an epoch, and whole-trial
-inference with overlapping windows averaged per frame (DESIGN.md "Model").
+"""Window plans for the temporal model: where windows start in a trial, the training plan of an epoch, the windows
+of whole-trial inference, and their bank coordinates (DESIGN.md "Model"). Planning only: the feature bank
+(pipeline/training/bank.py) gathers the rows, pipeline/training/inference.py runs the model over them.
 
 A window is ``window`` consecutive frames of one trial; a trial shorter than that gives one window whose frames
-past the trial's end are padding (masked out). Batches are gathered from a :class:`~pipeline.training.bank.FeatureBank`.
+past the trial's end are padding (masked out). Trials are named by their index in bank order (the trials sorted by
+name, concatenated: trial ``i`` occupies bank rows ``offsets[i] .. offsets[i] + lengths[i]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from pipeline.training.bank import FeatureBank
-from pipeline.training.normalise import Normaliser
-
-INFER_BATCH = 32  # windows per inference batch (no gradients: larger than a training batch)
 
 
 def window_starts(n: int, window: int, hop: int, offset: int = 0) -> list[int]:
@@ -43,45 +41,64 @@ def epoch_windows(lengths: Mapping[str, int], window: int, hop: int, rng: np.ran
     return out
 
 
-def inference_windows(bank: FeatureBank, trials: Sequence[str], window: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of whole-trial inference over ``trials``: (trial index in the bank, start row) arrays, windows
-    every ``hop`` frames plus one ending on each trial's last frame."""
-    tr, st = [], []
-    for t in trials:
-        i = bank.index[t]
-        s = window_starts(int(bank.lengths[i]), window, hop)
-        tr.extend([i] * len(s))
+def epoch_plan(
+    lengths: Mapping[str, int],
+    index: Mapping[str, int],
+    window: int,
+    hop: int,
+    batch: int,
+    epoch_seed: Sequence[int],
+    order_gen: torch.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The training batches of one epoch over the trials of ``lengths`` ({trial: frames}): :func:`epoch_windows`
+    cut with ``np.random.default_rng(epoch_seed)``, shuffled as a ``DataLoader(shuffle=True, generator=order_gen)``
+    would, then cut into batches of ``batch`` windows. Each batch is (trial index in bank order (B,) int64, start
+    row within the trial (B,) int64); ``index`` maps a trial name to its bank index."""
+    items = epoch_windows(lengths, window, hop, np.random.default_rng(list(epoch_seed)))
+    trial = np.array([index[t] for t, _ in items], dtype=np.int64)
+    start = np.array([s for _, s in items], dtype=np.int64)
+    torch.empty((), dtype=torch.int64).random_(generator=order_gen)  # a DataLoader iterator's base seed draw
+    order = np.array(list(torch.utils.data.RandomSampler(range(len(items)), generator=order_gen)), dtype=np.int64)
+    return [(trial[order[i : i + batch]], start[order[i : i + batch]]) for i in range(0, len(order), batch)]
+
+
+def inference_windows(
+    lengths: Mapping[str, int], index: Mapping[str, int], window: int, hop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of whole-trial inference over the trials of ``lengths`` ({trial: frames}, in that order): (trial
+    index in bank order (W,) int64, start row (W,) int64), windows every ``hop`` frames plus one ending on each
+    trial's last frame."""
+    tr: list[int] = []
+    st: list[int] = []
+    for t, n in lengths.items():
+        s = window_starts(int(n), window, hop)
+        tr.extend([index[t]] * len(s))
         st.extend(s)
     return np.asarray(tr, dtype=np.int64), np.asarray(st, dtype=np.int64)
 
 
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    bank: FeatureBank,
-    norm: Normaliser,
-    trials: Sequence[str],
-    window: int,
-    hop: int,
-    zero_missing: bool,
-    batch: int = INFER_BATCH,
-    autocast_dtype: torch.dtype | None = None,
-) -> dict[str, np.ndarray]:
-    """Whole-trial predictions ``{trial: (N, 2) float32}``: windows of all ``trials`` batched together, each
-    frame's outputs averaged over the windows that contain it. ``model`` must be in eval mode (outputs of a window
-    then do not depend on the other windows of its batch)."""
-    dev = bank.device
-    total = torch.zeros((bank.n_rows, 2), dtype=torch.float64, device=dev)
-    count = torch.zeros((bank.n_rows,), dtype=torch.float64, device=dev)
-    trial_idx, starts = inference_windows(bank, trials, window, hop)
-    for i in range(0, len(starts), batch):
-        w = bank.windows(trial_idx[i : i + batch], starts[i : i + batch], window)
-        inputs = bank.batch(w, norm, zero_missing, with_labels=False)
-        mask = inputs.pop("mask")
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(inputs, mask)  # (B, T, 2)
-        rows = w.rows.to(dev)[mask]  # (K,) bank rows of the real frames
-        total.index_add_(0, rows, out[mask].double())
-        count.index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))
-    mean = (total / count.clamp_min(1.0)[:, None]).float().cpu().numpy()
-    return {t: mean[bank.offsets[bank.index[t]] : bank.offsets[bank.index[t]] + bank.lengths[bank.index[t]]] for t in trials}
+@dataclass(frozen=True)
+class Windows:
+    """Bank coordinates of ``B`` windows of ``T`` frames (CPU tensors): rows to read and which are real frames."""
+
+    trial: torch.Tensor  # (B,) int64 trial index (bank order)
+    rows: torch.Tensor  # (B, T) int64 bank row of each frame (padding repeats the trial's last row)
+    valid: torch.Tensor  # (B, T) bool, False on padding past the trial's end
+
+    def __len__(self) -> int:
+        return len(self.trial)
+
+
+def window_rows(
+    offsets: torch.Tensor, lengths: torch.Tensor, trial: np.ndarray, start: np.ndarray, length: int
+) -> Windows:
+    """Coordinates of windows ``(trial[b], start[b])`` (bank trial index, first row in the trial) of ``length``
+    frames, for a bank whose trials start at rows ``offsets`` (n_trials,) int64 and have ``lengths`` (n_trials,)
+    int64 rows: one vectorised computation, no per-window Python."""
+    tr = torch.as_tensor(np.asarray(trial, dtype=np.int64))
+    st = torch.as_tensor(np.asarray(start, dtype=np.int64))
+    pos = st[:, None] + torch.arange(length)[None, :]  # (B, T) row within the trial
+    n = lengths[tr][:, None]  # (B, 1)
+    valid = pos < n
+    rows = offsets[tr][:, None] + torch.minimum(pos, n - 1)  # (B, T) bank rows, padding clamped
+    return Windows(tr, rows, valid)
