@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.common.config import DemoConfig
 from pipeline.io.prepared import PreparedIndex
-from pipeline.training.synthetic import write_prepared
-
-REALMEDIA = Path(__file__).resolve().parents[2] / "shared" / "realmedia"
+from pipeline.stages import demo
+from pipeline.training.synthetic import make_synthetic, write_prepared
+from tests.helpers import REALMEDIA
+from tests.helpers.tiny import SMALL_SHAPES
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,20 @@ def make_prepared(tmp_path: Path) -> Callable[..., PreparedIndex]:
         return write_prepared(out or tmp_path / "prepared", trials, size=size, seed=seed)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def small_stores(tmp_path_factory) -> tuple[Path, Path]:
+    """``(prepared, features)``: synthetic float16 stores (as the extractors write them) of 4 training and 2 test
+    trials of about 60 frames in rows of :data:`~tests.helpers.tiny.SMALL_SHAPES`; trial syn00 starts without a
+    face, syn05 has no audio at all."""
+    return make_synthetic(tmp_path_factory.mktemp("small"), n_trials=4, n_test=2, frames=60, n_folds=2,
+                          row_shapes=SMALL_SHAPES, dtype="float16")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """The demo dataset at its smallest: 8 videos of 3 s with 64 px crops (read-only: copy it to damage it)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    demo.run(DemoConfig(seed=1, n_videos=8, seconds=3.0, size=64), out)
+    return out

@@ -1,0 +1,229 @@
+"""`python -m pipeline analyze`: real videos in, one CSV row per decoded frame out; extractor agreement; notes.
+
+Models: the fusion model trained one epoch on synthetic features with the real row shapes
+(:func:`pipeline.bench.analyze.make_models`), carrying the extractor records that training copies from the stores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.bench.analyze import make_models
+from pipeline.commands import analyze
+from pipeline.common.config import FeaturesConfig, IResNetConfig
+from pipeline.common.errors import InputError
+from pipeline.io.media import decode_frames
+from pipeline.scoring import curves
+from tests.helpers.cli import invoke
+from tests.helpers.media import write_av
+
+pytestmark = pytest.mark.filterwarnings("ignore::pipeline.extractors.weights.RandomInitWarning")
+
+SMALL_MODEL = {"tcn_channels": 8, "tcn_levels": 2, "tcn_kernel": 3, "d_model": 16, "heads": 2, "layers": 1,
+               "ff_dim": 32, "head_hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("params") / "params.yaml"
+    p.write_text(yaml.safe_dump({"model": SMALL_MODEL, "frames": {"size": 48}, "postprocess": {"method": "moving_average", "window": [5, 5]}}))
+    return p
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, params) -> Path:
+    torch.set_num_threads(2)
+    return make_models(tmp_path_factory.mktemp("models"), params)
+
+
+def run_cli(args: list[str], params: Path):
+    return invoke(*["analyze", *args, "--params", str(params), "--device", "cpu"])
+
+
+def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    return rows[0], np.array(rows[1:], dtype=float).reshape(-1, 5)
+
+
+def presentation_times(path: Path) -> np.ndarray:
+    t = np.array([time for time, _ in decode_frames(path)])
+    return t - t[0]
+
+
+def check_csv(csv_path: Path, video: Path) -> np.ndarray:
+    """Rows = decoded frames, frame from 1, time_s = presentation time (increasing), values in [-1, 1]."""
+    header, rows = read_csv(csv_path)
+    assert header == ["frame", "time_s", "valence", "arousal", "face"]
+    times = presentation_times(video)
+    assert len(rows) == len(times), f"{video.name}: {len(rows)} rows, {len(times)} decoded frames"
+    np.testing.assert_array_equal(rows[:, 0], np.arange(1, len(times) + 1))
+    np.testing.assert_allclose(rows[:, 1], times, atol=1e-6)
+    assert rows[0, 1] == 0 and (np.diff(rows[:, 1]) > 0).all()
+    assert (np.abs(rows[:, 2:4]) <= 1).all() and set(np.unique(rows[:, 4])) <= {0.0, 1.0}
+    assert csv_path.with_suffix(".png").stat().st_size > 10_000
+    return rows
+
+
+@pytest.mark.realmedia
+def test_analyze_mp4_mov_and_a_video_without_audio(realmedia, models, params, tmp_path):
+    # a short clip without an audio stream, from a real recording that has none
+    silent = tmp_path / "silent clip.mp4"
+    write_av(silent, images=[rgb for i, (_, rgb) in zip(range(30), decode_frames(realmedia / "videos_noaudio" / "musetalk_sun.mp4"))])
+    videos = [realmedia / "videos" / "pyfeat_single_face.mp4", realmedia / "videos" / "pyfeat_face_noface.mov", silent]
+    res = run_cli([*map(str, videos), "--models", str(models), "--out", str(tmp_path / "out")], params)
+    assert res.exit_code == 0, res.output
+    assert "random-init backbones" in res.output  # the synthetic models' features are random-init
+    for v in videos:
+        rows = check_csv(tmp_path / "out" / f"{v.stem}.csv", v)
+        if v.suffix == ".mov":  # face until the black frame (index 72), none after
+            assert rows[:72, 4].mean() >= 0.95 and rows[72:, 4].sum() == 0
+        else:
+            assert rows[:, 4].mean() >= 0.95
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["frames"] == 72 + 169 + 30 and set(summary["phases_s"]) >= {"faces", "prepare", "predict"}
+
+
+@pytest.mark.slow
+@pytest.mark.realmedia
+def test_analyze_every_real_video(realmedia, models, params, tmp_path):
+    """22.13 and 23.976 fps, HEVC .mov, mpeg4, no audio stream, portrait sizes: rows = decoded frames."""
+    videos = sorted((realmedia / "videos").glob("*.m*")) + sorted((realmedia / "videos_noaudio").glob("*.mp4"))
+    res = run_cli([*map(str, videos), "--models", str(models), "--out", str(tmp_path)], params)
+    assert res.exit_code == 0, res.output
+    for v in videos:
+        check_csv(tmp_path / f"{v.stem}.csv", v)
+
+
+@pytest.mark.realmedia
+def test_all_faces_gives_one_csv_per_track(realmedia, models, params, tmp_path):
+    left = [rgb for _, (_, rgb) in zip(range(20), decode_frames(realmedia / "videos" / "sadtalker_WDA_KatieHill_000.mp4"))]
+    right = [rgb for _, (_, rgb) in zip(range(20), decode_frames(realmedia / "videos" / "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4"))]
+    pair = tmp_path / "pair.mp4"
+    write_av(pair, images=[np.hstack([a, b]) for a, b in zip(left, right)])
+    res = run_cli([str(pair), "--all-faces", "--models", str(models), "--out", str(tmp_path / "out")], params)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["pair_face1.csv", "pair_face2.csv"]
+    for k in (1, 2):
+        rows = check_csv(tmp_path / "out" / f"pair_face{k}.csv", pair)
+        assert rows[:, 4].mean() >= 0.95
+
+
+def test_a_video_without_a_face_gives_face_zero_and_a_warning(models, params, tmp_path):
+    rng = np.random.default_rng(0)
+    video = tmp_path / "noise.mp4"
+    write_av(video, images=[rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(12)])
+    res = run_cli([str(video), "--models", str(models), "--out", str(tmp_path / "out")], params)
+    assert res.exit_code == 0, res.output
+    assert "no face found in 12 frames" in res.output
+    rows = check_csv(tmp_path / "out" / "noise.csv", video)
+    assert rows[:, 4].sum() == 0
+
+
+# -------------------------------------------------------------------------------------- extractor agreement
+def edit_checkpoints(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    for p in dst.glob("fold*/model.pt"):
+        ckpt = torch.load(p, weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, p)
+    return dst
+
+
+def test_models_from_other_weights_are_refused_in_one_line(models, params, tmp_path):
+    def other_weights(ckpt):
+        ckpt["features"]["iresnet"]["weights"] = "ab" * 32
+
+    bad = edit_checkpoints(models, tmp_path / "m", other_weights)
+    video = tmp_path / "v.mp4"
+    write_av(video, images=[np.zeros((32, 32, 3), np.uint8)] * 3)
+    res = run_cli([str(video), "--models", str(bad), "--out", str(tmp_path / "out")], params)
+    assert res.exit_code == 2
+    err = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "iresnet: trained on features from weights abab" in err[0] and "random-init" in err[0]
+    assert not (tmp_path / "out" / "v.csv").exists()
+
+
+def test_extractor_parameters_and_missing_records_are_refused(models):
+    loaded = analyze.load_models(models)
+    extractors = {m: analyze.build(m, getattr(FeaturesConfig(), m), 48, "cpu") for m in loaded.modalities}
+    analyze.check_extractors(loaded, extractors)  # agree
+    other = dict(extractors, iresnet=analyze.build("iresnet", IResNetConfig(pooled=True), 48, "cpu"))
+    with pytest.raises(InputError, match=r"iresnet: extractor parameter 'pooled' is False in training, True in params features.iresnet"):
+        analyze.check_extractors(loaded, other)
+    smaller = dict(extractors, iresnet=analyze.build("iresnet", IResNetConfig(), 32, "cpu"))
+    with pytest.raises(InputError, match=r"'frames_size' is 48 in training, 32 in params features.iresnet"):
+        analyze.check_extractors(loaded, smaller)
+    for ckpt in loaded.ckpts.values():
+        ckpt.pop("features")
+    with pytest.raises(InputError, match="records no extractor settings"):
+        analyze.check_extractors(loaded, extractors)
+
+
+def test_notes_random_init_and_demo(models, tmp_path):
+    assert analyze.load_models(models).notes == ["random-init backbones: iresnet, mfcc, vggish"]
+
+    def real_weights(ckpt):
+        for rec in ckpt["features"].values():
+            rec["weights"] = "cd" * 32
+
+    demo = edit_checkpoints(models, tmp_path / "m", real_weights)
+    for meta in demo.glob("fold*/meta.json"):
+        doc = json.loads(meta.read_text())
+        doc.update(train_trials=["demo00", "demo03_left"], val_trials=["demo07"], random_init_backbones=[])
+        meta.write_text(json.dumps(doc))
+    assert analyze.load_models(demo).notes == ["trained on the demo dataset"]
+    for meta in demo.glob("fold*/meta.json"):
+        doc = json.loads(meta.read_text())
+        doc["train_trials"].append("10-60-1280x720")
+        meta.write_text(json.dumps(doc))
+    assert analyze.load_models(demo).notes == []
+
+
+def test_bad_inputs_are_one_line_errors(models, params, tmp_path):
+    res = run_cli([str(tmp_path / "missing.mp4"), "--models", str(models)], params)
+    assert res.exit_code == 2 and "missing.mp4: no such video file" in res.output
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        write_av(tmp_path / d / "same.mp4", images=[np.zeros((32, 32, 3), np.uint8)] * 2)
+    res = run_cli([str(tmp_path / "a" / "same.mp4"), str(tmp_path / "b" / "same.mp4"), "--models", str(models)], params)
+    assert res.exit_code == 2 and "same name as" in res.output
+    res = run_cli([str(tmp_path / "a" / "same.mp4"), "--models", str(tmp_path / "nomodels")], params)
+    assert res.exit_code == 2 and "no fold<k>/model.pt" in res.output
+
+
+def test_csv_and_spans_by_hand(tmp_path):
+    assert curves.spans(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
+    assert curves.spans(np.zeros(3, bool)) == []
+    analyze.write_csv(tmp_path / "x.csv", np.array([0.0, 0.04]), np.array([[0.1, -0.2], [0.3, 0.4]]), np.array([True, False]))
+    assert (tmp_path / "x.csv").read_text().splitlines() == [
+        "frame,time_s,valence,arousal,face", "1,0.000000,0.100000,-0.200000,1", "2,0.040000,0.300000,0.400000,0"]
+    assert analyze.link_name(Path("/x/clip.FLV")) == "clip.mp4" and analyze.link_name(Path("a.avi")) == "a.avi"
+    assert analyze.link_name(Path("/x/clip.MOV")) == "clip.mov"
+
+
+def test_bench_stand_in_models_use_random_init_extractors(tmp_path):
+    """`bench analyze` without --models labels its models "random-init extractors": its params say so too, whatever
+    weights the repository's params name (the demo's backbone.pth need not exist yet)."""
+    from pipeline.bench.analyze import random_init_params
+    from pipeline.common import config
+
+    src = tmp_path / "params.yaml"
+    src.write_text(yaml.safe_dump({
+        "model": SMALL_MODEL,
+        "features": {"iresnet": {"weights": "models/backbone/backbone.pth", "sha256": "a" * 64},
+                     "vggish": {"weights": "vggish.pth", "pca": True, "pca_weights": "pca.pth"}},
+    }))
+    features = config.section("features", random_init_params(src, tmp_path / "ri.yaml"))
+    assert features.iresnet.weights is None and features.iresnet.sha256 is None
+    assert features.vggish.weights is None and features.vggish.pca is False and features.vggish.pca_weights is None
+    assert config.section("model", tmp_path / "ri.yaml").d_model == SMALL_MODEL["d_model"]  # the rest is kept

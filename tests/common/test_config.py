@@ -1,0 +1,84 @@
+"""params.yaml -> frozen dataclasses: errors name the key; dvc.yaml only names keys that exist."""
+
+from dataclasses import FrozenInstanceError
+
+import pytest
+import yaml
+
+from pipeline.common import config
+from pipeline.common.config import ConfigError
+from tests.helpers import ROOT
+
+
+def test_repository_params_load_into_every_section():
+    raw = config.read_params(ROOT / "params.yaml")
+    for name in config.SECTIONS:
+        cfg = config.section(name, raw=raw)
+        with pytest.raises(FrozenInstanceError):
+            setattr(cfg, next(iter(cfg.__dataclass_fields__)), None)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  lr: -1\n", "params.yaml: train.lr: Input should be greater than 0"),
+        ("train:\n  lrr: 0.1\n", "params.yaml: train.lrr: unknown key"),
+        ("frames:\n  missing: first\n", "params.yaml: frames.missing: Input should be 'last' or 'zero'"),
+        ("features:\n  iresnet:\n    weigths: x.pth\n", "params.yaml: features.iresnet.weigths: unknown key"),
+        ("features:\n  vggish:\n    sha256: abc\n", "features.vggish.sha256: Value error, must be 64 hexadecimal"),
+        ("split:\n  folds: [0, 6]\n", "folds must be distinct values in 0..5"),
+        ("trian:\n  lr: 1\n", "unknown section 'trian'"),
+        ("model:\n  d_model: 30\n  heads: 4\n", "d_model (30) must be divisible by heads (4)"),
+        ("train:\n  window: 100\n  hop: 200\n", "hop (200) must not exceed window (100)"),
+        ("train:\n  bank: gpu\n", "params.yaml: train.bank: Input should be 'auto', 'device', 'pinned' or 'mmap'"),
+        ("model:\n  zero_missing: maybe\n", "params.yaml: model.zero_missing: Input should be a valid boolean"),
+        ("train:\n  epochs: ten\n", "params.yaml: train.epochs: Input should be a valid integer"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text, message):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        raw = config.read_params(p)
+        for name in raw:
+            config.section(name, p, raw)
+    assert message in str(e.value).replace(str(tmp_path) + "/", "")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        config.read_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.read_params(tmp_path / "bad.yaml")
+
+
+def test_empty_section_takes_documented_defaults(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("frames:\n")
+    assert config.section("frames", p) == config.FramesConfig(size=48, missing="last")
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"dvc.yaml names params key {dotted!r}, absent from params.yaml"
+        node = node[part]
+    return node
+
+
+def test_dvc_yaml_names_only_existing_params_keys():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    keys = []
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        items = stage.get("foreach")
+        for key in body.get("params", []):
+            if "${key}" in str(key):
+                keys += [key.replace("${key}", k) for k in items]
+            else:
+                keys.append(key)
+    assert keys
+    for key in keys:
+        _lookup(params, key)

@@ -1,0 +1,116 @@
+"""End to end: `dvc repro` of this repository's own dvc.yaml on a shrunken demo, in a temporary git repository.
+
+The copy holds the project's files as git sees them (tracked plus untracked-not-ignored), so the test runs the
+code under test, through the real `python -m pipeline` commands that dvc.yaml names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.dvc_repo import SMALL, make_repo, sh
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    git = ["git", "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+    sh([sys.executable, "-m", "dvc", "repro"], dst)
+    head = sh(["git", "rev-parse", "HEAD"], dst).strip()
+    sh([*git, "add", "-A"], dst)
+    sh([*git, "commit", "-qm", "first run"], dst)  # the baseline `dvc metrics diff` compares with
+    (dst.parent / "made_by").write_text(head)
+    return dst
+
+
+def test_repro_writes_metrics_and_submission(repo):
+    cv = json.loads((repo / "metrics" / "cv.json").read_text())
+    # random-init backbones are labelled where the numbers are (MFCC has no weights, so it is not one of them), and so
+    # is the demo's IResNet, which the backbone stage fine-tunes from random init
+    assert cv["random_init_backbones"] == ["vggish"]
+    assert cv["backbones"] == "random-init: vggish; fine-tuned from random init: iresnet"
+    (prov,) = cv["provenance"]
+    assert prov["code"]["code_commit"] == (repo.parent / "made_by").read_text()  # the commit dvc repro ran
+    backbone = json.loads((repo / "models" / "backbone" / "meta.json").read_text())
+    assert {m: f["weights"] for m, f in prov["features"].items()} == {
+        "iresnet": backbone["backbone_sha256"], "mfcc": "none", "vggish": "random-init"}
+    assert prov["features"]["iresnet"]["parameters"]["frames_size"] == SMALL["frames"]["size"]
+    assert prov["params"]["model"]["d_model"] == SMALL["model"]["d_model"] and prov["params"]["train"]["epochs"] == 2
+    assert prov["params"]["split"] == {"scheme": "official", "n_folds": 3, "seed": 0, "folds": [0, 1, 2]}
+    index = json.loads((repo / "data" / "prepared" / "index.json").read_text())
+    tests = [t for t in index["trials"] if t["split"] == "test"]
+    with open(repo / "predictions" / "test.txt") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["image_location", "valence", "arousal"]
+    expected = [f"{t['name']}/{n:05d}.jpg" for t in tests for n in t["frames"]]
+    assert [r[0] for r in rows[1:]] == expected
+    assert all(-1 <= float(v) <= 1 and -1 <= float(a) <= 1 for _, v, a in rows[1:])
+    for k in (0, 1, 2):
+        assert (repo / "models" / f"fold{k}").is_dir() and (repo / "metrics" / f"fold{k}.json").is_file()
+
+
+def test_metrics_show_is_a_short_table_with_detail_on_request(repo):
+    """`dvc metrics show`: one row, CCC mean and std over folds, raw and smoothed, and the random-init label; per
+    fold and per training run on request."""
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).splitlines()[0])
+    files = shown[""]["data"]
+    assert list(files) == ["metrics/cv.json"]
+    cv = files["metrics/cv.json"]["data"]
+    numbers = {f"{b}.{k}{s}" for b in ("raw", "smoothed") for k in ("valence", "arousal", "mean") for s in ("", "_std")}
+    assert {f"{b}.{k}" for b in ("raw", "smoothed") for k in cv[b]} == numbers
+    assert set(cv) == {"raw", "smoothed", "n_folds", "backbones"}
+    table = sh([sys.executable, "-m", "dvc", "metrics", "show"], repo).splitlines()
+    assert len(table) == 2 and table[1].startswith("metrics/cv.json") and "random-init: vggish; fine-tuned from random init: iresnet" in table[1]
+    folds = sh([sys.executable, "-m", "dvc", "metrics", "show", "metrics/cv_folds"], repo).splitlines()
+    assert [r.split()[0] for r in folds[1:]] == [f"metrics/cv_folds/fold{k}.json" for k in (0, 1, 2)]
+    assert "raw.mean" in folds[0].split() and "smoothed.arousal" in folds[0].split()
+    fold0 = sh([sys.executable, "-m", "dvc", "metrics", "show", "metrics/fold0.json"], repo).splitlines()
+    assert len(fold0) == 2 and "ccc_mean" in fold0[0].split()
+
+
+def test_validation_curves_are_dvc_plots(repo):
+    for k in (0, 1, 2):
+        assert (repo / "metrics" / "val_curves" / f"fold{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = sh([sys.executable, "-m", "dvc", "plots", "show", "--json", "-o", str(repo.parent / "plots")], repo)
+    shown = json.loads(out[out.index("{"):])["data"]
+    for k in (0, 1, 2):
+        (image,) = shown[f"metrics/val_curves/fold{k}.png"]
+        assert image["type"] == "image" and Path(image["url"]).is_file()
+    assert "metrics/fold0/plots/metrics/val/ccc_mean.tsv" in shown  # the per-epoch curves stay beside them
+
+
+def test_noop_repro_runs_nothing_but_scan(repo):
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'scan':"], out
+
+
+def test_changing_lr_reruns_only_training_and_after(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] * 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"scan", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+    # `dvc metrics diff` compares the short table with the last commit
+    diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo).splitlines()[0])
+    changed = diff["metrics/cv.json"]
+    assert {"raw.mean", "raw.valence", "smoothed.mean"} <= set(changed), changed
+    assert changed["raw.mean"]["new"] != changed["raw.mean"]["old"]
+    assert changed["raw.mean"]["diff"] == pytest.approx(changed["raw.mean"]["new"] - changed["raw.mean"]["old"])
+
+
+def test_a_new_backbone_reextracts_iresnet_and_retrains_only(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["features"]["iresnet"]["weights"] == "models/backbone/backbone.pth"
+    params["backbone"]["lr"] = params["backbone"]["lr"] / 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"scan", "backbone", "extract@iresnet", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
