@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.bench.timing import calls_per_s
 from pipeline.common.config import BackboneConfig
 from pipeline.common.devices import amp_dtype, resolve_device
 from pipeline.extractors.iresnet import iresnet50, preprocess, random_init
@@ -47,7 +46,7 @@ def time_steps(model: BackboneNet, cfg: BackboneConfig, batch: tuple, dev: torch
         train_step(model, optim, scaler, batch, step_generator(0, 0, step), cfg.lr, cfg, None, dev, adtype)
         step += 1
 
-    return _calls_per_s(one, dev, seconds, WARMUP_STEPS, sync_every=4) * len(batch[0])
+    return calls_per_s(one, dev, seconds, warmup=WARMUP_STEPS, sync_every=4) * len(batch[0])
 
 
 @torch.inference_mode()
@@ -60,23 +59,7 @@ def time_eval(model: BackboneNet, frames: torch.Tensor, dev: torch.device, secon
         with torch.autocast(dev.type, dtype=adtype, enabled=adtype is not None):
             model(preprocess(frames).contiguous(memory_format=torch.channels_last))
 
-    return _calls_per_s(one, dev, seconds, warmup=1, sync_every=None) * len(frames)
-
-
-def _calls_per_s(one: Callable[[], None], dev: torch.device, seconds: float, warmup: int, sync_every: int | None) -> float:
-    """Calls of ``one`` per second after ``warmup`` calls, over at least ``seconds`` and 3 calls; the device is
-    synchronised every ``sync_every`` calls (None: only at the end) and before the clock stops."""
-    for _ in range(warmup):
-        one()
-    _sync(dev)
-    n, t0 = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        one()
-        n += 1
-        if sync_every is not None and n % sync_every == 0:
-            _sync(dev)
-    _sync(dev)
-    return n / (time.perf_counter() - t0)
+    return calls_per_s(one, dev, seconds, warmup=1, sync_every=None) * len(frames)
 
 
 def decode_rate(seconds: float = 2.0, size: int = 48) -> float:
@@ -87,17 +70,8 @@ def decode_rate(seconds: float = 2.0, size: int = 48) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "face.jpg"
         Image.fromarray(img).resize((425, 425), Image.BICUBIC).save(path, quality=90)
-        n, t0 = 0, time.perf_counter()
-        while n < 10 or time.perf_counter() - t0 < seconds:
-            load_face(path, np.full(4, np.nan), lmk, size)
-            n += 1
-        return n / (time.perf_counter() - t0)
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
+        return calls_per_s(lambda: load_face(path, np.full(4, np.nan), lmk, size), min_seconds=seconds, min_calls=10,
+                           warmup=0)
 
 def run(
     cfg: BackboneConfig,

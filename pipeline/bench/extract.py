@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.bench.timing import calls_per_s
 from pipeline.common.config import (
     DataConfig,
     DemoConfig,
@@ -72,11 +73,6 @@ def _demo_prepared(work: Path, seconds: float) -> Path:
     return prepared
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: int = 3) -> float:
     """The network alone: random inputs already on the model's device (two sets, alternated), outputs left there,
     one synchronisation at the end; warm-up batches first; at least ``min_batches`` and ``min_seconds``."""
@@ -94,21 +90,13 @@ def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: 
     else:
         xs = [torch.from_numpy(rng.normal(size=(ex.batch, 1, 96, 64)).astype(np.float32)) for _ in range(2)]
     xs = [x.to(ex.device) for x in xs]
+    calls = iter(range(10**12))
+    every = 4 if ex.device.type == "cuda" else 1  # synchronise every few batches: a bounded queue, honest clock
     with torch.inference_mode():
-        for x in xs:
-            ex.forward(x)  # warm-up (oneDNN / cuDNN primitive selection, lazy CUDA module loading)
-        _sync(ex.device)
-        n, t0 = 0, time.perf_counter()
-        every = 4 if ex.device.type == "cuda" else 1  # synchronise every few batches: a bounded queue, honest clock
-        while True:
-            ex.forward(xs[n % 2])
-            n += 1
-            if n % every == 0:
-                _sync(ex.device)
-                if n >= min_batches and time.perf_counter() - t0 >= min_seconds:
-                    break
-        _sync(ex.device)
-    return n * ex.batch / (time.perf_counter() - t0)
+        # warm-up on both inputs (oneDNN / cuDNN primitive selection, lazy CUDA module loading), then alternate them
+        rate = calls_per_s(lambda: ex.forward(xs[next(calls) % 2]), ex.device, min_seconds, min_batches, warmup=2,
+                           sync_every=every)
+    return rate * ex.batch
 
 
 def _n_frames(prepared: Path) -> int:

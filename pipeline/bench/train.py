@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from pipeline.bench.timing import calls_per_s, sync
 from pipeline.common import config
 from pipeline.common.devices import resolve_device
 from pipeline.common.prefetch import read_ahead
@@ -144,7 +145,7 @@ def load_fold0(prepared: Path, features: Path, modalities: Sequence[str], placem
     labels = read_labels(prepared, trn + val)
     t0 = time.perf_counter()
     bank = FeatureBank.build(features, list(modalities), trn + val, dev, placement, labels)
-    _sync(dev)
+    sync(dev)
     bank_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     norm = bank.fit_normaliser(trn)
@@ -209,22 +210,7 @@ def report(fold: Fold0, train_cfg: config.TrainConfig, rates: dict[str, float], 
 def _rate(step: Callable[[], Any], device: torch.device, per_call: int, min_seconds: float = MIN_SECONDS,
           warmup: int = 1) -> float:
     """Windows per second of ``step`` (one call = ``per_call`` windows), synchronised around the timed region."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        step()
-        n += 1
-        if n >= 2 and time.perf_counter() - t0 >= min_seconds:
-            break
-    _sync(device)
-    return per_call * n / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return per_call * calls_per_s(step, device, min_seconds, min_calls=2, warmup=warmup)
 
 
 def _peak_rss_mb() -> float:
