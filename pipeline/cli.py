@@ -162,7 +162,7 @@ def split(
 @app.command()
 @user_errors
 def extract(
-    name: Annotated[str, typer.Argument(help="extractor: iresnet, vggish or mfcc")],
+    name: Annotated[str, typer.Argument(help="a features entry of params: iresnet, vggish, mfcc or one you declared")],
     prepared: PreparedOpt = Path("data/prepared"),
     out: Annotated[Path | None, typer.Option(help="store to write (default features/<name>.zarr)")] = None,
     shard: Annotated[str, typer.Option(help="i/n: extract every n-th bucket, starting at i")] = "0/1",
@@ -170,15 +170,32 @@ def extract(
     workers: Annotated[int, typer.Option(help="processes reading batch inputs (0: a thread of this process)", min=0)] = 0,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Extract one feature store from data/prepared/."""
+    """Extract the feature store of params entry features.NAME from data/prepared/."""
     from pipeline.stages import extract as stage
 
     (features,) = sections(params, "features")
-    if name not in ("iresnet", "vggish", "mfcc"):
-        raise config.ConfigError(f"unknown extractor {name!r} (known: iresnet, vggish, mfcc)")
+    if name not in features:
+        raise config.ConfigError(f"{params}: features.{name}: no such entry (declared: {', '.join(features)})")
     out = out or Path(f"features/{name}.zarr")
     with guard(out):
-        stage.run(name, getattr(features, name), prepared, out, shard=parse_shard(shard), device=device, workers=workers)
+        stage.run(name, features[name], prepared, out, shard=parse_shard(shard), device=device, workers=workers)
+
+
+@app.command()
+@user_errors
+def modalities(
+    features: FeaturesOpt = Path("features"),
+    out: Annotated[Path, typer.Option(help="record of the stores model.modalities names")] = Path("data/modalities.json"),
+    params: ParamsOpt = config.DEFAULT_PARAMS,
+) -> None:
+    """Record the feature stores the fusion model reads (params model.modalities), each by its fingerprint:
+    train, evaluate and predict depend on this file instead of on the stores."""
+    from pipeline.stages import modalities as stage
+
+    model, feats = sections(params, "model", "features")
+    config.check_modalities(model, feats, str(params))
+    with guard(out):
+        stage.run(model.modalities, features, out)
 
 
 @app.command()

@@ -219,7 +219,13 @@ def load_checked(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesC
     """The fold models under ``models`` and the extractors params ``features`` builds for their modalities, refused
     when they differ from what the models were trained on; the models' notes (random init, demo) are printed."""
     fold_models = load_models(models)
-    extractors = {m: build(m, getattr(features_cfg, m), frames_cfg.size, device) for m in fold_models.modalities}
+    undeclared = [m for m in fold_models.modalities if m not in features_cfg]
+    if undeclared:
+        raise InputError(
+            f"{models}: the models read {undeclared[0]!r} features, which params features does not declare "
+            f"(declared: {', '.join(features_cfg)}); add the entry they were trained with"
+        )
+    extractors = {m: build(m, features_cfg[m], frames_cfg.size, device) for m in fold_models.modalities}
     check_extractors(fold_models, extractors)
     for note in fold_models.notes:
         print(f"warning: {models}: {note}: the values say nothing about real affect", file=sys.stderr)

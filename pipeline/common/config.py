@@ -7,6 +7,9 @@ silent default: a typo in an experiment's ``-S`` override must not train the wro
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -109,6 +112,7 @@ class WeightsConfig:
 
 @dataclass(config=_STRICT)
 class IResNetConfig(WeightsConfig):
+    kind: Literal["iresnet"] = "iresnet"
     pooled: bool = False  # True: store 512-d vectors instead of (512, h, w) maps
     batch: int = Field(256, ge=1)
     dtype: Literal["float16", "float32"] = "float16"
@@ -116,6 +120,7 @@ class IResNetConfig(WeightsConfig):
 
 @dataclass(config=_STRICT)
 class VGGishConfig(WeightsConfig):
+    kind: Literal["vggish"] = "vggish"
     pca: bool = False  # apply torchvggish's PCA + quantisation postprocessing
     pca_weights: str | None = None  # vggish_pca_params-*.pth, needed when pca is true
     pca_sha256: str | None = None
@@ -125,6 +130,7 @@ class VGGishConfig(WeightsConfig):
 
 @dataclass(config=_STRICT)
 class MFCCConfig:
+    kind: Literal["mfcc"] = "mfcc"
     n_mfcc: int = Field(13, ge=1)
     n_mels: int = Field(40, ge=1)
     window_ms: float = Field(25.0, gt=0)
@@ -133,10 +139,118 @@ class MFCCConfig:
 
 
 @dataclass(config=_STRICT)
-class FeaturesConfig:
-    iresnet: IResNetConfig = IResNetConfig()
-    vggish: VGGishConfig = VGGishConfig()
-    mfcc: MFCCConfig = MFCCConfig()
+class ModelFileConfig:
+    """A foundation model from local files (docs/features.md): a ``save_pretrained`` folder, a timm folder or
+    checkpoint file, or an ``.onnx`` file; never a hub id (nothing is downloaded). ``kind`` is in the subclasses."""
+
+    model: str  # the local folder or file
+    sha256: str | None = None  # of the weights file (for a folder: of its weights file); checked when given
+    layers: tuple[int, ...] = (-1,)  # hidden states averaged over these layers (transformers kinds); ignored elsewhere
+    batch: int = Field(64, ge=1)  # frames per forward pass (audio: frames whose chunks one pass computes)
+    dtype: Literal["float16", "float32"] = "float16"
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        return WeightsConfig._hex(v)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must be a non-empty list of distinct layer indices, got {list(v)}")
+        return v
+
+
+@dataclass(config=_STRICT)
+class AudioModelConfig(ModelFileConfig):
+    """An audio model with a hidden-state sequence at a fixed rate (wav2vec2 family: 50 Hz), run on the prepared
+    16 kHz track in chunks of ``chunk_seconds`` with ``context_seconds`` more on each side."""
+
+    kind: Literal["transformers-audio", "onnx-audio"] = "transformers-audio"
+    chunk_seconds: float = Field(20.0, ge=1.0)  # bounded memory for any track length
+    context_seconds: float = Field(3.0, ge=0)  # audio either side of a chunk that the model sees, rows not kept
+
+
+@dataclass(config=_STRICT)
+class ImageModelConfig(ModelFileConfig):
+    """An image model run on the prepared face crops, resized as its own preprocessing config says."""
+
+    kind: Literal["transformers-image", "timm-image", "onnx-image"] = "transformers-image"
+    pool: Literal["mean", "cls"] = "mean"  # a vector per frame: mean of the patch tokens, or the first (CLS) token
+    tokens: bool = False  # True: store the (D, h, w) map of patch tokens instead (LA-SE attends over it)
+    arch: str | None = None  # timm-image with a checkpoint file: its timm architecture name
+
+
+PAPER_KINDS = ("iresnet", "vggish", "mfcc")
+KINDS: dict[str, type] = {
+    "iresnet": IResNetConfig,
+    "vggish": VGGishConfig,
+    "mfcc": MFCCConfig,
+    "transformers-audio": AudioModelConfig,
+    "onnx-audio": AudioModelConfig,
+    "transformers-image": ImageModelConfig,
+    "timm-image": ImageModelConfig,
+    "onnx-image": ImageModelConfig,
+}
+FeatureConfig = IResNetConfig | VGGishConfig | MFCCConfig | AudioModelConfig | ImageModelConfig
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a store file name, a DVC stage key and a params key at once
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesConfig(Mapping[str, Any]):
+    """``features``: one entry per feature store (``extract@<name>``), in params order; its ``kind`` picks the
+    extractor (the paper's three default to their own name). An empty section means the paper's three."""
+
+    entries: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {k: KINDS[k]() for k in PAPER_KINDS}
+    )
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any], prefix: str = "features", source: str = "params.yaml") -> "FeaturesConfig":
+        """Validate every entry by its kind; errors name ``<source>: features.<name>.<key>``."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {prefix}: must be a mapping, got {type(values).__name__}")
+        if not values:
+            return cls()
+        entries = {}
+        for name, raw in values.items():
+            entries[name] = _feature_entry(str(name), raw or {}, f"{prefix}.{name}", source)
+        return cls(entries)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise ConfigError(f"params.yaml: features.{name}: no such entry (declared: {', '.join(self.entries)})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getattr__(self, name: str) -> Any:  # features.iresnet, as before the section became a mapping
+        if name.startswith("__") or name == "entries":
+            raise AttributeError(name)
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _feature_entry(name: str, raw: Any, prefix: str, source: str) -> Any:
+    """One ``features.<name>`` entry as its kind's dataclass."""
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"{source}: {prefix}: a feature name must be letters, digits and _ (it names a store and a stage)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {prefix}: must be a mapping, got {type(raw).__name__}")
+    kind = raw.get("kind", name if name in PAPER_KINDS else None)
+    if kind is None:
+        raise ConfigError(f"{source}: {prefix}.kind: missing (one of: {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: {prefix}.kind: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    return build(KINDS[kind], {**raw, "kind": kind}, prefix=prefix, source=source)
 
 
 # ------------------------------------------------------------------------------------------------ backbone
@@ -178,12 +292,9 @@ class BackboneConfig:
 
 
 # ------------------------------------------------------------------------------------------- model / train
-Modality = Literal["iresnet", "vggish", "mfcc"]
-
-
 @dataclass(config=_STRICT)
 class ModelConfig:
-    modalities: tuple[Modality, ...] = ("iresnet", "vggish", "mfcc")
+    modalities: tuple[str, ...] = ("iresnet", "vggish", "mfcc")  # feature stores the model reads, in this order
     lase: bool = True  # LA-SE attention on the visual maps (paper 3.3)
     tcn: bool = True  # a TCN per modality (paper 3.4)
     transformer: bool = True  # Transformer encoder over the concatenation (paper 3.5)
@@ -207,6 +318,9 @@ class ModelConfig:
     def _check(self) -> "ModelConfig":
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities must be a non-empty list without repeats, got {list(self.modalities)}")
+        bad = [m for m in self.modalities if not NAME.fullmatch(m)]
+        if bad:
+            raise ValueError(f"modalities must be names of features entries, got {bad[0]!r}")
         if self.d_model % self.heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         return self
@@ -285,7 +399,18 @@ def section(name: str, path: str | Path = DEFAULT_PARAMS, raw: dict[str, Any] | 
     """Load and validate one params section, e.g. ``section("train")`` -> :class:`TrainConfig`."""
     cls = SECTIONS[name]
     raw = read_params(path) if raw is None else raw
+    if cls is FeaturesConfig:
+        return FeaturesConfig.from_params(raw.get(name) or {}, prefix=name, source=str(path))
     return build(cls, raw.get(name) or {}, prefix=name, source=str(path))
+
+
+def check_modalities(model: "ModelConfig", features: FeaturesConfig, source: str = "params.yaml") -> None:
+    """Every name in ``model.modalities`` is a ``features`` entry (else a one-line :class:`ConfigError`)."""
+    for m in model.modalities:
+        if m not in features.entries:
+            raise ConfigError(
+                f"{source}: model.modalities: {m!r} has no entry in features (declared: {', '.join(features.entries)})"
+            )
 
 
 def build(cls: type[T], values: dict[str, Any], prefix: str, source: str = "params.yaml") -> T:

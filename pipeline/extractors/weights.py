@@ -204,3 +204,56 @@ def origin(path: str | Path | None, digest: str) -> str | None:
         return None
     return "fine-tuned from random init" if doc.get("random_init_start") else f"fine-tuned from {doc.get('init', {}).get('sha256')}"
 
+
+
+# ------------------------------------------------------------------------- foundation models from local files
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "microsoft/wavlm-large": what a hub id looks like
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # a save_pretrained folder's weights, in load order
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def local_model(path: str | Path, key: str) -> Path:
+    """``path`` (params ``key``, e.g. ``features.wavlm.model``) as an existing local folder or file; a hub id or a
+    missing path is a one-line :class:`WeightsError` (nothing is downloaded at run time)."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    text = str(path)
+    if HUB_ID.fullmatch(text) and not text.startswith((".", "~")):
+        raise WeightsError(
+            f"{key}: {text!r} is a hub id, not a local path; nothing is downloaded at run time: download it once "
+            f"(`hf download {text} --local-dir /models/{text.split('/')[-1]}`) and name that folder"
+        )
+    raise WeightsError(f"{key}: {p} not found (a local folder or file; nothing is downloaded at run time)")
+
+
+def folder_weights(folder: Path, key: str) -> list[Path]:
+    """The weights file(s) of a ``save_pretrained`` (or timm) folder: ``model.safetensors``, else
+    ``pytorch_model.bin``, else the shards a ``*.index.json`` lists (in its order)."""
+    for name in WEIGHTS_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    for name in SHARD_INDEXES:
+        if (folder / name).is_file():
+            shards = json.loads((folder / name).read_text()).get("weight_map", {}).values()
+            return [folder / s for s in dict.fromkeys(shards)]
+    raise WeightsError(f"{key}: {folder} holds no weights file ({', '.join(WEIGHTS_FILES)} or a shard index)")
+
+
+def model_digest(path: Path, expected: str | None, key: str) -> str:
+    """sha256 of a model's weights: of the file itself, or of a folder's weights file (a sharded folder: of its
+    shards' bytes in index order); checked against ``expected`` (params ``<entry>.sha256``) when given."""
+    files = folder_weights(path, key) if path.is_dir() else [path]
+    if len(files) == 1:
+        return check_file(files[0], expected, key)
+    h = hashlib.sha256()
+    for f in files:
+        if not f.is_file():
+            raise WeightsError(f"{key}: shard {f} not found")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(2**20):
+                h.update(chunk)
+    digest = h.hexdigest()
+    if expected is not None and digest != expected.lower():
+        raise WeightsError(f"{path}: sha256 of its shards is {digest}, but {key.rsplit('.', 1)[0]}.sha256 expects {expected.lower()}")
+    return digest

@@ -195,3 +195,30 @@ def audio_source_rows(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     idx = np.where(mask, np.arange(len(mask)), -1)
     return np.maximum.accumulate(idx) if len(idx) else idx.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ hidden-state sequences (wav2vec2)
+def conv_stack(kernels: Sequence[int], strides: Sequence[int]) -> tuple[int, int]:
+    """``(hop, receptive field)`` in samples of a stack of unpadded 1-D convolutions, the feature encoder of the
+    wav2vec2 family (wav2vec2, HuBERT, WavLM): kernels (10, 3, 3, 3, 3, 2, 2), strides (5, 2, 2, 2, 2, 2, 2) give
+    (320, 400), i.e. 50 hidden frames per second at 16 kHz, frame ``k`` computed from samples
+    ``[k * 320, k * 320 + 400)`` (an uncentred analysis frame: :func:`frame_start`)."""
+    hop, field = 1, 1
+    for k, s in zip(kernels, strides, strict=True):
+        field += (int(k) - 1) * hop
+        hop *= int(s)
+    return hop, field
+
+
+def n_uncentred_frames(n_samples: int, hop: int, win: int) -> int:
+    """Frames of an uncentred analysis of ``n_samples`` samples: ``(n - win) // hop + 1``, 0 when ``n < win``."""
+    return max(0, (int(n_samples) - win) // hop + 1)
+
+
+def nearest_uncentred_frame(seconds: np.ndarray | float, hop: int, win: int, n_frames: int,
+                            sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Index (int64) of the uncentred frame (hop ``hop``, window ``win`` samples) whose centre ``k * hop + win / 2``
+    is nearest each time (seconds on the WAV's timeline), clipped to ``[0, n_frames)``: a time in the track's last
+    ``win / 2`` samples takes its last frame, as an analysis of the whole track would give it."""
+    k = hop_frame(seconds, hop, offset=win / 2.0, sample_rate=sample_rate)
+    return np.clip(k, 0, max(int(n_frames) - 1, 0))

@@ -218,9 +218,10 @@ def fingerprint(ex: Extractor, index: PreparedIndex) -> dict[str, Any]:
         }
     return {
         "extractor": ex.name,
+        "kind": ex.model_kind,
         "params": ex.params,
         "weights": ex.weights,
-        "code_version": code_version(ex.name),
+        "code_version": code_version(ex.model_kind),
         "inputs": inputs,
     }
 
@@ -239,10 +240,11 @@ def open_store(ex: Extractor, index: PreparedIndex, out: Path, weights_origin: s
         fps={t.name: t.fps for t in index.trials},
         fingerprint=fingerprint(ex, index),
         attrs={
+            "kind": ex.model_kind,
             "weights": ex.weights,
             "weights_origin": weights_origin,  # e.g. "fine-tuned from random init" (pipeline.extractors.weights.origin)
             "parameters": ex.params,
-            "code_version": code_version(ex.name),
+            "code_version": code_version(ex.model_kind),
             "input_contract": ex.contract,
             "mask": mask_doc,
             "precision": ex.precision,

@@ -74,6 +74,8 @@ def test_dvc_yaml_names_only_existing_params_keys():
     for name, stage in stages.items():
         body = stage.get("do", stage)
         items = stage.get("foreach")
+        if isinstance(items, str) and items.startswith("${"):  # foreach over a params section, e.g. ${features}
+            items = _lookup(params, items[2:-1])
         for key in body.get("params", []):
             if "${key}" in str(key):
                 keys += [key.replace("${key}", k) for k in items]
