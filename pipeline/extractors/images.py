@@ -31,8 +31,8 @@ PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bi
 
 @dataclass(frozen=True)
 class ImageContract:
-    """A model's input: crops resized to ``resize`` (H, W), centre-cropped to ``crop`` (H, W), then
-    ``(x * scale - mean) / std`` per RGB channel."""
+    """A model's input: crops resized to ``resize`` (H, W), cropped to ``crop`` (H, W) from ``offset`` (top, left;
+    the centre as the library rounds it), then ``(x * scale - mean) / std`` per RGB channel."""
 
     resize: tuple[int, int]
     crop: tuple[int, int]
@@ -40,6 +40,7 @@ class ImageContract:
     std: tuple[float, float, float]
     scale: float = 1 / 255.0
     interpolation: str = "bilinear"  # torch mode: nearest | bilinear | bicubic
+    offset: tuple[int, int] = (0, 0)
 
     def as_record(self) -> dict[str, Any]:
         """JSON-able, for the store's parameters (part of the fingerprint) and input contract."""
@@ -70,7 +71,8 @@ def from_processor(doc: Mapping[str, Any], key: str) -> ImageContract:
     std = tuple(doc.get("image_std", (0.5, 0.5, 0.5))) if normalise else (1.0, 1.0, 1.0)
     scale = float(doc.get("rescale_factor", 1 / 255.0)) if doc.get("do_rescale", True) else 1.0
     mode = PIL_RESAMPLE.get(int(doc.get("resample", 2)), "bilinear")
-    return ImageContract(resize, crop, _rgb(mean), _rgb(std), scale, mode)
+    offset = ((resize[0] - crop[0]) // 2, (resize[1] - crop[1]) // 2)  # transformers' center_crop floors
+    return ImageContract(resize, crop, _rgb(mean), _rgb(std), scale, mode, offset)
 
 
 def from_timm(data: Mapping[str, Any]) -> ImageContract:
@@ -80,8 +82,9 @@ def from_timm(data: Mapping[str, Any]) -> ImageContract:
     pct = float(data.get("crop_pct") or 1.0)
     resize = (math.floor(h / pct), math.floor(w / pct))
     mode = data.get("interpolation", "bilinear")
+    offset = (int(round((resize[0] - h) / 2.0)), int(round((resize[1] - w) / 2.0)))  # torchvision's CenterCrop rounds
     return ImageContract(resize, (int(h), int(w)), _rgb(data["mean"]), _rgb(data["std"]), 1 / 255.0,
-                         mode if mode in ("nearest", "bilinear", "bicubic") else "bilinear")
+                         mode if mode in ("nearest", "bilinear", "bicubic") else "bilinear", offset)
 
 
 def _rgb(v: Any) -> tuple[float, float, float]:
@@ -97,7 +100,7 @@ def preprocess(frames: torch.Tensor, c: ImageContract) -> torch.Tensor:
         x = F.interpolate(x, size=c.resize, mode=c.interpolation, antialias=smooth,
                           align_corners=False if smooth else None)
         x = x.round().clamp(0, 255)  # the libraries resize uint8 images: back to that grid
-    top, left = (c.resize[0] - c.crop[0]) // 2, (c.resize[1] - c.crop[1]) // 2
+    top, left = c.offset
     x = x[:, :, top : top + c.crop[0], left : left + c.crop[1]]  # centre crop
     mean = torch.tensor(c.mean, device=x.device)[None, :, None, None]
     std = torch.tensor(c.std, device=x.device)[None, :, None, None]

@@ -130,6 +130,8 @@ class ImageHiddenStates(nn.Module):
         super().__init__()
         self.model, self.contract, self.layers, self.pool, self.tokens = model, contract, layers, pool, tokens
         self.mae = float(getattr(model.config, "mask_ratio", 0.0) or 0.0) > 0  # ViT-MAE masks and shuffles tokens
+        if self.mae:
+            model.config.mask_ratio = 0.0  # read at every forward: keep every patch
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = I.preprocess(frames, self.contract)  # (B, S, S, 3) -> (B, 3, H, W)

@@ -84,3 +84,37 @@ def test_dvc_yaml_names_only_existing_params_keys():
     assert keys
     for key in keys:
         _lookup(params, key)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("features:\n  wavlm:\n    model: /m\n", "params.yaml: features.wavlm.kind: missing (one of: iresnet, vggish"),
+        ("features:\n  w:\n    kind: whisper\n    model: /m\n", "features.w.kind: unknown kind 'whisper' (known: iresnet"),
+        ("features:\n  w:\n    kind: transformers-audio\n", "params.yaml: features.w.model: Field required"),
+        ("features:\n  w:\n    kind: onnx-audio\n    model: m\n    tokens: true\n", "features.w.tokens: unknown key"),
+        ("features:\n  w:\n    kind: timm-image\n    model: m\n    layers: []\n", "features.w.layers: Value error"),
+        ("features:\n  w-1:\n    kind: timm-image\n", "features.w-1: a feature name must be letters, digits and _"),
+        ("model:\n  modalities: [iresnet, iresnet]\n", "modalities must be a non-empty list without repeats"),
+    ],
+)
+def test_bad_feature_entries_name_the_key(tmp_path, text, message):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        raw = config.read_params(p)
+        for name in raw:
+            config.section(name, p, raw)
+    assert message in str(e.value).replace(str(tmp_path) + "/", "")
+
+
+def test_features_are_a_mapping_in_params_order(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("features:\n  wavlm:\n    kind: transformers-audio\n    model: /m\n    layers: [-1, -2]\n  mfcc:\n")
+    f = config.section("features", p)
+    assert list(f) == ["wavlm", "mfcc"] and f["wavlm"].layers == (-1, -2) and f.mfcc.n_mfcc == 13
+    assert isinstance(f["wavlm"], config.AudioModelConfig) and f["wavlm"].chunk_seconds == 20.0
+    assert list(config.FeaturesConfig()) == ["iresnet", "vggish", "mfcc"]  # no entries: the paper's three
+    model = config.ModelConfig(modalities=("wavlm", "clip"))
+    with pytest.raises(ConfigError, match=r"model.modalities: 'clip' has no entry in features \(declared: wavlm, mfcc\)"):
+        config.check_modalities(model, f)

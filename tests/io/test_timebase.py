@@ -112,3 +112,15 @@ def test_sample_spans_of_analysis_frames():
     # uncentred VGGish frames 51..146: [8160, 8160 + 95 * 160 + 400)
     assert frame_span(51, 147, 160, 400, centred=False) == (8160, 23760)
     np.testing.assert_array_equal(frame_start(np.array([0, 1, 2]), 160, 400, centred=False), [0, 160, 320])
+
+
+def test_hidden_frames_of_the_wav2vec2_encoder():
+    from pipeline.io.timebase import conv_stack, n_uncentred_frames, nearest_uncentred_frame
+
+    assert conv_stack((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)) == (320, 400)  # 50 Hz, 25 ms windows
+    assert conv_stack((4,), (2,)) == (2, 4) and conv_stack((3, 3), (1, 1)) == (1, 5)
+    assert [n_uncentred_frames(n, 320, 400) for n in (0, 399, 400, 719, 720, 16000)] == [0, 0, 1, 1, 2, 49]
+    # frame k is centred at sample 320 k + 200: t = 0.0125 s (sample 200) is frame 0, 0.0325 s (520) frame 1;
+    # half-way (360) rounds up; times past the last frame take it, times before the first take frame 0
+    t = np.array([0.0, 0.0125, 0.0225, 0.0325, 0.9, 5.0])
+    np.testing.assert_array_equal(nearest_uncentred_frame(t, 320, 400, 49), [0, 0, 1, 1, 44, 48])

@@ -73,3 +73,15 @@ def test_state_dict_names_are_those_of_checkpoints():
     assert list(model.state_dict()) == CHECKPOINT_NAMES
     assert model.state_dict()["positions.table"].shape == (10, 16)
 
+
+
+@pytest.mark.parametrize(("lase", "tcn", "transformer"), list(itertools.product((False, True), repeat=3)))
+def test_any_modality_set_every_switch(lase, tcn, transformer):
+    """Five stores of the field's kinds: two maps (IResNet, a ViT's patch-token map) get LA-SE, three vectors (a
+    WavLM, a CLIP image vector, MFCC) skip it; each branch has its own width; all eight Table 2 rows run."""
+    shapes = {"iresnet": (16, 3, 3), "vit": (24, 4, 4), "wavlm": (40,), "clip": (12,), "mfcc": (8,)}
+    model = FusionModel(small(lase=lase, tcn=tcn, transformer=transformer), shapes, max_len=12)
+    assert [m for m in shapes if model.pool[m].attention is not None] == (["iresnet", "vit"] if lase else [])
+    y = model({m: torch.randn(2, 12, *s) for m, s in shapes.items()})
+    assert y.shape == (2, 12, 2) and torch.isfinite(y).all()
+    assert model.concat_dim == (5 * 8 if tcn else 16 + 24 + 40 + 12 + 8)
