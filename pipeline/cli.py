@@ -309,12 +309,17 @@ def bench_extract(
     ] = 20.0,
     only: Annotated[list[str] | None, typer.Option(help="measure only this extractor (repeatable)")] = None,
     workers: Annotated[int, typer.Option(help="reader processes of the stage (0: a thread)", min=0)] = 0,
+    stand_ins: Annotated[
+        str, typer.Option(help="also random-init stand-ins of the foundation-model kinds: none, tiny or base")
+    ] = "none",
 ) -> None:
     """Model-alone versus whole-stage throughput per extractor, one JSON line each."""
     from pipeline.bench import extract as bench
 
+    if stand_ins not in ("none", "tiny", "base"):
+        raise typer.BadParameter(f"--stand-ins: none, tiny or base, got {stand_ins!r}")
     bench.run(work, device=device, long_minutes=long_minutes, seconds=seconds, only=tuple(only or ()),
-              min_model_seconds=min_model_seconds, workers=workers)
+              min_model_seconds=min_model_seconds, workers=workers, stand_ins=stand_ins)
 
 
 @bench_app.command("train")

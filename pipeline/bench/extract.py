@@ -11,6 +11,13 @@
   writing allow on this machine (on at least ``CEILING_FRAMES`` frames, repeating trials as below). A network
   faster than this is starved by the data path.
 
+Besides the paper's three, ``--stand-ins tiny|base`` adds one random-init stand-in per foundation-model kind
+(pipeline/bench/stand_ins.py, written into ``<work>/stand-ins``): ``wavlm`` (transformers-audio), ``vit``
+(transformers-image, 224 px), ``timm_vit`` (timm-image, where timm imports), ``onnx_audio`` and ``onnx_image``;
+``base`` gives WavLM-Base's and ViT-B/16's widths and depths (a real backbone's cost), ``tiny`` 2 layers of width
+32 (the data path's cost). For the chunked audio kinds ``model_fps`` is the network on the chunk windows of the demo's
+tracks (each computed once, as the stage computes them), per video frame.
+
 Data: ``<work>/prepared`` is built once from a generated demo dataset (``demo`` + ``prepare`` stages; 8 videos of
 ``--seconds`` s). A dataset much shorter than the fixed start-up cost measures the start-up, not the pipeline (an
 H100 got through 8 x 240 s of demo in one to three seconds); so when the demo holds less than ``--min-model-seconds``
@@ -38,9 +45,11 @@ import torch
 
 from pipeline.bench.timing import calls_per_s
 from pipeline.common.config import (
+    AudioModelConfig,
     DataConfig,
     DemoConfig,
     FramesConfig,
+    ImageModelConfig,
     IResNetConfig,
     MFCCConfig,
     VGGishConfig,
@@ -55,9 +64,11 @@ from pipeline.io.prepared import (
     index_to_json,
     load_index,
 )
+from pipeline.io.timebase import audio_mask, track_seconds
 from pipeline.stages import extract as stage
 
 CONFIGS = {"iresnet": IResNetConfig(), "vggish": VGGishConfig(), "mfcc": MFCCConfig()}
+CHUNKED = ("transformers-audio", "onnx-audio")  # kinds whose network runs per chunk of the track
 RSS_LIMIT_S = 120.0
 CEILING_FRAMES = 50_000  # the null-network run needs this many frames to measure a rate, not its start-up
 
@@ -73,11 +84,34 @@ def _demo_prepared(work: Path, seconds: float) -> Path:
     return prepared
 
 
-def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: int = 3) -> float:
-    """The network alone: random inputs already on the model's device (two sets, alternated), outputs left there,
-    one synchronisation at the end; warm-up batches first; at least ``min_batches`` and ``min_seconds``."""
+def _model_inputs(ex, size: int, rng: np.random.Generator, prepared: Path | None = None) -> list:
+    """Random inputs of one batch (two sets), or for the chunked audio kinds the chunk windows of every video of
+    ``prepared`` (the work the stage does on it), in the extractor's input form, on its device."""
+    if ex.model_kind in CHUNKED:
+        index = load_index(prepared)
+        first = {t.video: t for t in reversed(index.trials)}  # one trial per video: its chunks, computed once
+        xs = []
+        for video, t in sorted(first.items()):
+            v = index.videos[video]
+            if v.has_audio:
+                src = AudioSource(index.audio_path(video), key=video)
+                times = track_seconds(t.times, v.audio_offset)
+                xs.append(ex.audio_inputs(src, times[audio_mask(times, src.n_samples)]).to(ex.device))
+        return xs
+    if ex.kind == "frames":
+        xs = [torch.from_numpy(rng.integers(0, 256, (ex.batch, size, size, 3), dtype=np.uint8)) for _ in range(2)]
+    else:
+        xs = [torch.from_numpy(rng.normal(size=(ex.batch, 1, 96, 64)).astype(np.float32)) for _ in range(2)]
+    return [x.to(ex.device) for x in xs]
+
+
+def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: int = 3,
+               prepared: Path | None = None) -> float:
+    """The network alone: random inputs already on the model's device (two sets, alternated; chunked audio: all the
+    data's chunk windows per call, its cache cleared first), outputs left there, one synchronisation every few
+    calls; warm-up calls first; at least ``min_batches`` calls and ``min_seconds``."""
     rng = np.random.default_rng(0)
-    if name == "mfcc":
+    if ex.model_kind == "mfcc":
         audio = AudioSource(samples=(rng.normal(size=16000 * 60) * 0.1).astype(np.float32))
         times = np.arange(ex.batch) / 25.0
         ex.audio_inputs(audio, times)  # warm-up; also caches the track's top_db reference, as the stage does
@@ -85,18 +119,53 @@ def _model_fps(name: str, ex, size: int, min_seconds: float = 2.0, min_batches: 
         for _ in range(min_batches):
             ex.audio_inputs(audio, times)
         return min_batches * ex.batch / (time.perf_counter() - t0)
-    if name == "iresnet":
-        xs = [torch.from_numpy(rng.integers(0, 256, (ex.batch, size, size, 3), dtype=np.uint8)) for _ in range(2)]
-    else:
-        xs = [torch.from_numpy(rng.normal(size=(ex.batch, 1, 96, 64)).astype(np.float32)) for _ in range(2)]
-    xs = [x.to(ex.device) for x in xs]
-    calls = iter(range(10**12))
+    xs = _model_inputs(ex, size, rng, prepared)
     every = 4 if ex.device.type == "cuda" else 1  # synchronise every few batches: a bounded queue, honest clock
     with torch.inference_mode():
+        if ex.model_kind in CHUNKED:  # one call: every chunk of the data once, as the stage computes them
+            rows = sum(len(x) for x in xs)
+
+            def call() -> None:
+                ex.module.cache.clear()
+                for x in xs:
+                    ex.forward(x)
+
+            return rows * calls_per_s(call, ex.device, min_seconds, min_batches, warmup=1, sync_every=every)
+        calls = iter(range(10**12))
         # warm-up on both inputs (oneDNN / cuDNN primitive selection, lazy CUDA module loading), then alternate them
         rate = calls_per_s(lambda: ex.forward(xs[next(calls) % 2]), ex.device, min_seconds, min_batches, warmup=2,
                            sync_every=every)
     return rate * ex.batch
+
+
+def stand_in_configs(work: Path, size: str) -> dict[str, object]:
+    """One random-init stand-in per foundation-model kind (see the module docstring), written once into
+    ``<work>/stand-ins/<size>``; ``timm_vit`` only where timm imports."""
+    from pipeline.bench import stand_ins as S
+
+    root = work / "stand-ins" / size
+    made = root / "done"
+    if not made.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        S.transformers_audio(root / "wavlm", size=size)
+        S.transformers_image(root / "vit", image_size=224, patch=16, size=size)
+        S.onnx_audio(root / "onnx-audio")
+        S.onnx_image(root / "onnx-image")
+        made.touch()
+    cfgs: dict[str, object] = {
+        "wavlm": AudioModelConfig(kind="transformers-audio", model=str(root / "wavlm"), batch=256),
+        "vit": ImageModelConfig(kind="transformers-image", model=str(root / "vit"), batch=64),
+        "onnx_audio": AudioModelConfig(kind="onnx-audio", model=str(root / "onnx-audio" / "model.onnx"), batch=256),
+        "onnx_image": ImageModelConfig(kind="onnx-image", model=str(root / "onnx-image" / "model.onnx"), batch=256),
+    }
+    try:
+        if not (root / "timm").exists():
+            S.timm_image(root / "timm")
+        cfgs["timm_vit"] = ImageModelConfig(kind="timm-image", model=str(root / "timm"), batch=256)
+    except Exception as e:  # noqa: BLE001 - timm does not import beside this torch (docs/features.md)
+        print(json.dumps({"extractor": "timm_vit", "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"}))
+    return cfgs
+
 
 
 def _n_frames(prepared: Path) -> int:
@@ -118,9 +187,9 @@ def _ceiling_fps(ex, data: Path, out: Path, workers: int = 0) -> float:
 
 
 def _tiled_prepared(src: Path, work: Path, n_frames: int, frames: bool) -> Path:
-    """``src``'s trials repeated k times (``<trial>~<j>``, same videos and audio) to hold at least ``n_frames``
-    rows; with ``frames`` the crops are copied into a new ``frames.h5`` (same chunking as ``prepare``), otherwise
-    the folder is audio-only (index and audio, for the audio extractors)."""
+    """``src``'s trials repeated k times (``<trial>~<j>``) to hold at least ``n_frames`` rows; with ``frames`` the
+    crops are copied into a new ``frames.h5`` (same chunking as ``prepare``, same videos), otherwise the folder is
+    audio-only (index and audio, for the audio extractors; copy ``j`` of video ``v`` is video ``v~j``)."""
     import h5py
 
     index = load_index(src)
@@ -131,8 +200,11 @@ def _tiled_prepared(src: Path, work: Path, n_frames: int, frames: bool) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "audio").symlink_to((src / "audio").resolve(), target_is_directory=True)
-    trials = tuple(replace(t, name=f"{t.name}~{j:03d}") for j in range(k) for t in index.trials)
+    if frames:
+        (tmp / "audio").symlink_to((src / "audio").resolve(), target_is_directory=True)
+        trials = tuple(replace(t, name=f"{t.name}~{j:03d}") for j in range(k) for t in index.trials)
+    else:  # each copy its own video (a link to the same WAV): no extractor cache sees a copy as seen before
+        index, trials = _distinct_videos(index, src, tmp, k)
     if frames:
         with FrameReader(src / "frames.h5") as r, h5py.File(tmp / "frames.h5", "w") as h5:
             for t in index.trials:
@@ -145,6 +217,21 @@ def _tiled_prepared(src: Path, work: Path, n_frames: int, frames: bool) -> Path:
     (tmp / "index.json").write_text(json.dumps(index_to_json(replace(index, trials=trials), missing)))
     tmp.rename(out)
     return out
+
+
+def _distinct_videos(index: PreparedIndex, src: Path, tmp: Path, k: int) -> tuple[PreparedIndex, tuple[Trial, ...]]:
+    """``k`` copies of every trial, copy ``j`` of video ``v`` being video ``v~j`` whose WAV links ``src``'s."""
+    (tmp / "audio").mkdir()
+    videos = {}
+    for j in range(k):
+        for name, v in index.videos.items():
+            audio = None
+            if v.has_audio:
+                audio = f"audio/{name}~{j:03d}.wav"
+                (tmp / audio).symlink_to(index.audio_path(name).resolve())
+            videos[f"{name}~{j:03d}"] = replace(v, name=f"{name}~{j:03d}", audio=audio)
+    trials = tuple(replace(t, name=f"{t.name}~{j:03d}", video=f"{t.video}~{j:03d}") for j in range(k) for t in index.trials)
+    return replace(index, videos=videos), trials
 
 
 def _long_prepared(work: Path, minutes: float) -> Path:
@@ -220,16 +307,20 @@ def run(
     only: tuple[str, ...] = (),
     min_model_seconds: float = 20.0,
     workers: int = 0,
+    stand_ins: str = "none",
 ) -> None:
+    """Print one JSON line per extractor (the paper's three, and with ``stand_ins`` tiny or base the foundation-model
+    kinds' stand-ins); ``only``: these names alone."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     prepared = _demo_prepared(work, seconds)
     index = load_index(prepared)
-    for name, cfg in CONFIGS.items():
+    configs = {**CONFIGS, **(stand_in_configs(work, stand_ins) if stand_ins != "none" else {})}
+    for name, cfg in configs.items():
         if only and name not in only:
             continue
         ex = build(name, cfg, index.frames_size, device)
-        model_fps = _model_fps(name, ex, index.frames_size)
+        model_fps = _model_fps(name, ex, index.frames_size, prepared=prepared)
         data = prepared
         if name != "mfcc" and model_fps * min_model_seconds > _n_frames(prepared):
             data = _tiled_prepared(prepared, work, int(model_fps * min_model_seconds), frames=ex.kind == "frames")
@@ -251,7 +342,7 @@ def run(
         pipeline_fps = frames / wall
         steady = stats.total_s - stats.setup_s - stats.first_batch_s
         line = {
-            "extractor": name, "device": dev, "batch": batch, "model_fps": round(model_fps, 1),
+            "extractor": name, "kind": getattr(cfg, "kind", name), "device": dev, "batch": batch, "model_fps": round(model_fps, 1),
             "pipeline_fps": round(pipeline_fps, 1), "ratio": round(pipeline_fps / model_fps, 3), "frames": frames,
             "data": data.name, "setup_s": round(stats.setup_s, 2), "first_batch_s": round(stats.first_batch_s, 2),
             "steady_fps": round((frames - min(batch, frames)) / steady, 1) if steady > 0 else None,

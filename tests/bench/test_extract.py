@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.bench import extract as bench
 from pipeline.common.config import IResNetConfig, VGGishConfig
@@ -98,3 +99,28 @@ def test_bench_extract_command(tmp_path):
     assert line["ratio"] == pytest.approx(line["pipeline_fps"] / line["model_fps"], rel=1e-2)
     for k in ("setup_s", "first_batch_s", "steady_fps", "ceiling_fps"):
         assert line[k] is not None and line[k] >= 0
+
+
+def test_model_fps_of_a_chunked_audio_kind_computes_every_chunk(make_prepared, tmp_path):
+    """The network alone on the chunk windows of the data's tracks, cache cleared before each pass: every pass
+    runs the network once per chunk (as the stage computes each chunk once)."""
+    from pipeline.bench import stand_ins
+    from pipeline.common.config import AudioModelConfig
+
+    cfg = AudioModelConfig(model=str(stand_ins.transformers_audio(tmp_path / "w")), chunk_seconds=20.0, context_seconds=1.0)
+    ex = build("wavlm", cfg, 16, "cpu")
+    calls = []
+
+    class Counted(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, wave):
+            calls.append(wave.shape[-1])
+            return self.net(wave)
+
+    ex.module.net = Counted(ex.module.net)
+    index = make_prepared({"a": {"n": 1500}, "a_left": {"n": 1500, "video": "a"}})  # 60 s, two trials of one video
+    fps = bench._model_fps("wavlm", ex, 16, min_seconds=0.0, min_batches=2, prepared=index.root)
+    assert fps > 0 and len(calls) == 3 * (1 + 2)  # 3 chunks of 20 s per pass; one warm-up pass and two timed

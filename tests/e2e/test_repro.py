@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from tests.helpers import backbones
 from tests.helpers.dvc_repo import SMALL, make_repo, sh
 
 
@@ -111,6 +113,57 @@ def test_a_new_backbone_reextracts_iresnet_and_retrains_only(repo):
     assert params["features"]["iresnet"]["weights"] == "models/backbone/backbone.pth"
     params["backbone"]["lr"] = params["backbone"]["lr"] / 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stamps = {m: (repo / "features" / f"{m}.zarr" / "zarr.json").stat().st_mtime_ns for m in ("vggish", "mfcc")}
     out = sh([sys.executable, "-m", "dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"scan", "backbone", "extract@iresnet", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+    # every extract stage depends on backbone.pth (dvc.yaml says why); the audio stores' fingerprints are unchanged,
+    # so their runs rewrite nothing
+    assert ran == {"scan", "backbone", "extract@iresnet", "extract@vggish", "extract@mfcc", "modalities",
+                   "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+    assert "extract vggish: features/vggish.zarr is complete" in out and "extract mfcc: features/mfcc.zarr is complete" in out
+    assert stamps == {m: (repo / "features" / f"{m}.zarr" / "zarr.json").stat().st_mtime_ns for m in ("vggish", "mfcc")}
+
+
+def _status(repo: Path) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    return set(json.loads(sh([sys.executable, "-m", "dvc", "status", "--json"], repo).splitlines()[-1]))
+
+
+def _ran(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+def test_a_new_feature_entry_extracts_that_store_only(repo, tmp_path_factory):
+    """Two tiny random-init models saved as a user's local folders (a 2-layer WavLM, a 2-layer ViT): declaring them
+    adds extract@wavlm and extract@vit and trains nothing, since model.modalities does not name them yet."""
+    models = tmp_path_factory.mktemp("user-models")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["features"]["wavlm"] = {"kind": "transformers-audio", "model": str(backbones.transformers_audio(models / "wavlm")),
+                                   "sha256": None, "layers": [-1], "dtype": "float16"}
+    params["features"]["vit"] = {"kind": "transformers-image", "model": str(backbones.transformers_image(models / "vit")),
+                                 "tokens": True, "dtype": "float16"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _status(repo) == {"scan", "extract@wavlm", "extract@vit"}
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _ran(out) == {"scan", "extract@wavlm", "extract@vit", "modalities"}, out
+    assert "Stage 'train@0' didn't change, skipping" in out
+
+
+def test_changing_modalities_retrains_and_extracts_nothing(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["modalities"] = ["iresnet", "vggish", "mfcc", "wavlm", "vit"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # train@<k> reads `model`; the modalities stage reads model.modalities; evaluate and predict follow them
+    assert _status(repo) == {"scan", "modalities", "train@0", "train@1", "train@2"}
+    out = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _ran(out) == {"scan", "modalities", "train@0", "train@1", "train@2", "evaluate", "predict"}, out
+    cv = json.loads((repo / "metrics" / "cv.json").read_text())
+    (prov,) = cv["provenance"]
+    assert set(prov["features"]) == {"iresnet", "vggish", "mfcc", "wavlm", "vit"}
+    assert prov["features"]["wavlm"]["parameters"]["kind"] == "transformers-audio"
+    meta = json.loads((repo / "models" / "fold0" / "meta.json").read_text())
+    assert meta["modalities"] == params["model"]["modalities"]
+    ckpt = torch.load(repo / "models" / "fold0" / "model.pt", weights_only=True)
+    assert ckpt["row_shapes"]["vit"] == [32, 4, 4] and ckpt["row_shapes"]["wavlm"] == [32]
+    diff = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], repo).splitlines()[0])
+    assert "raw.mean" in diff["metrics/cv.json"]
