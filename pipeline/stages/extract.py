@@ -3,7 +3,8 @@
 The driver around an extractor (pipeline/extractors): which trials, in what batches, on which device, and writing.
 
 - Trials come from ``index.json``; every trial gets N rows, one per frame of ``frames`` (at ``Trial.times`` on the
-  video timeline). ``iresnet`` reads the crops of ``frames.h5``, mask = ``face``. The audio extractors read
+  video timeline). ``frames`` extractors (``iresnet``, the image models) read the crops of ``frames.h5``, mask =
+  ``face``. ``audio`` extractors (``vggish``, ``mfcc``, the audio models) read
   ``audio/<video>.wav`` around each frame time moved onto the track by the video's ``audio_offset``
   (pipeline/io/timebase.py), mask = the video has audio and the frame is heard within the track; frames past the end of
   a short track repeat the last row (paper 3.2), frames before a late-starting track and a video without audio give

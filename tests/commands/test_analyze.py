@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.bench.analyze import make_models
 from pipeline.commands import analyze
-from pipeline.common.config import FeaturesConfig, IResNetConfig
+from pipeline.common.config import FeaturesConfig, FramesConfig, IResNetConfig
 from pipeline.common.errors import InputError
 from pipeline.io.media import decode_frames
 from pipeline.scoring import curves
@@ -227,3 +227,30 @@ def test_bench_stand_in_models_use_random_init_extractors(tmp_path):
     assert features.iresnet.weights is None and features.iresnet.sha256 is None
     assert features.vggish.weights is None and features.vggish.pca is False and features.vggish.pca_weights is None
     assert config.section("model", tmp_path / "ri.yaml").d_model == SMALL_MODEL["d_model"]  # the rest is kept
+
+
+def test_models_reading_an_undeclared_store_are_refused(models, tmp_path):
+    from pipeline.common.config import FeaturesConfig as F
+
+    features = F.from_params({"iresnet": {}, "mfcc": {}})  # the models also read vggish
+    with pytest.raises(InputError, match=r"the models read 'vggish' features, which params features does not declare"):
+        analyze.load_checked(models, FramesConfig(), features, "cpu")
+
+
+def test_foundation_model_identities_are_checked(tmp_path):
+    """A fold trained on a transformers-audio store: the same entry agrees; another layer or other weights are
+    refused in one line naming the modality."""
+    from pipeline.common.config import AudioModelConfig
+    from tests.helpers import backbones
+
+    folder = backbones.transformers_audio(tmp_path / "w")
+    ex = analyze.build("wavlm", AudioModelConfig(model=str(folder)), 48, "cpu")
+    ckpt = {"features": {"wavlm": analyze.extractor_record(ex)}, "row_shapes": {"wavlm": [32]}}
+    fold = analyze.Models(tmp_path, (0,), {0: ckpt}, ("wavlm",))
+    analyze.check_extractors(fold, {"wavlm": ex})
+    layer = analyze.build("wavlm", AudioModelConfig(model=str(folder), layers=(1,)), 48, "cpu")
+    with pytest.raises(InputError, match=r"wavlm: extractor parameter 'layers' is \[2\] in training, \[1\] in params features.wavlm"):
+        analyze.check_extractors(fold, {"wavlm": layer})
+    other = backbones.transformers_audio(tmp_path / "w2", seed=1)
+    with pytest.raises(InputError, match=r"wavlm: trained on features from weights [0-9a-f]{64}, params features.wavlm has"):
+        analyze.check_extractors(fold, {"wavlm": analyze.build("wavlm", AudioModelConfig(model=str(other)), 48, "cpu")})

@@ -39,3 +39,16 @@ def test_a_rebuilt_store_changes_the_record(make_prepared, tmp_path):
 def test_missing_store_names_the_modality(small_stores, tmp_path):
     with pytest.raises(StoreError, match="model.modalities: 'wavlm': .*wavlm.zarr: no feature store here"):
         modalities.run(["wavlm"], small_stores[1], tmp_path / "m.json")
+
+
+def test_commands_name_the_params_key(small_stores, tmp_path):
+    from tests.helpers.cli import invoke, write_params
+
+    params = write_params(tmp_path / "params.yaml", {"model": {"modalities": ["iresnet", "wavlm"]}})
+    r = invoke("modalities", "--features", small_stores[1], "--out", tmp_path / "m.json", "--params", params)
+    assert r.exit_code == 2 and "model.modalities: 'wavlm' has no entry in features (declared: iresnet, vggish, mfcc)" in r.output
+    r = invoke("extract", "wavlm", "--prepared", small_stores[0], "--out", tmp_path / "w.zarr", "--params", params)
+    assert r.exit_code == 2 and "features.wavlm: no such entry (declared: iresnet, vggish, mfcc)" in r.output
+    ok = write_params(tmp_path / "ok.yaml", {"model": {"modalities": ["mfcc", "vggish"]}})
+    r = invoke("modalities", "--features", small_stores[1], "--out", tmp_path / "m.json", "--params", ok)
+    assert r.exit_code == 0, r.output
