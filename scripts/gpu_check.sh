@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (under 8 minutes on one H100): the GPU tests, the extraction benchmark with the reader
+# The GPU checks in one run (under 10 minutes on one H100): the GPU tests, the extraction benchmark with the reader
 # thread and with 4 reader processes, and the training benchmark at Aff-Wild2 scale. Each benchmark prints JSON lines;
 # everything also lands in $OUT (or ./gpu-check) for the README's figures.
 # Usage: scripts/gpu_check.sh   (repository root, in an environment made by the README's install command)
@@ -13,5 +13,9 @@ for w in 0 4; do
   timeout 110 python -m pipeline bench extract --device cuda --seconds 60 --min-model-seconds 8 --workers "$w" \
     --only iresnet --only vggish --work /tmp/bench-extract 2>>"$out/bench-extract.err" | tee -a "$out/bench-extract.jsonl"
 done
+# the foundation-model kinds: base-size random-init stand-ins (WavLM-Base, ViT-B/16 widths; docs/features.md)
+timeout 120 python -m pipeline bench extract --device cuda --seconds 20 --min-model-seconds 8 --stand-ins base \
+  --only wavlm --only vit --only onnx_audio --only onnx_image --work /tmp/bench-extract \
+  2>>"$out/bench-extract.err" | tee -a "$out/bench-extract.jsonl"
 timeout 150 python -m pipeline bench train --device cuda --frames 480000 --paper-size --work /tmp/bench-train \
   2>"$out/bench-train.err" | tee "$out/bench-train.jsonl"

@@ -133,6 +133,7 @@ def _ran(out: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
+@pytest.mark.slow
 def test_a_new_feature_entry_extracts_that_store_only(repo, tmp_path_factory):
     """Two tiny random-init models saved as a user's local folders (a 2-layer WavLM, a 2-layer ViT): declaring them
     adds extract@wavlm and extract@vit and trains nothing, since model.modalities does not name them yet."""
@@ -149,7 +150,9 @@ def test_a_new_feature_entry_extracts_that_store_only(repo, tmp_path_factory):
     assert "Stage 'train@0' didn't change, skipping" in out
 
 
+@pytest.mark.slow
 def test_changing_modalities_retrains_and_extracts_nothing(repo):
+    """After the entries of the test above: naming them in model.modalities re-trains, extracts nothing."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"]["modalities"] = ["iresnet", "vggish", "mfcc", "wavlm", "vit"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
