@@ -54,7 +54,7 @@ def _hw(size: Any, key: str) -> tuple[int, int]:
             return int(size["height"]), int(size["width"])
         if "shortest_edge" in size:
             return int(size["shortest_edge"]), int(size["shortest_edge"])
-        raise ValueError(f"{key}: size {dict(size)} has neither height/width nor shortest_edge")
+        raise ConfigError(f"{key}: size {dict(size)} has neither height/width nor shortest_edge")
     if isinstance(size, (list, tuple)):
         return int(size[0]), int(size[-1])
     return int(size), int(size)
@@ -65,7 +65,7 @@ def from_processor(doc: Mapping[str, Any], key: str) -> ImageContract:
     resize = _hw(doc.get("size", 224), key) if doc.get("do_resize", True) else None
     crop = _hw(doc["crop_size"], key) if doc.get("do_center_crop") and doc.get("crop_size") else resize
     if resize is None or crop is None:
-        raise ValueError(f"{key}: the processor does not resize; crops of frames.size px would reach the model as they are")
+        raise ConfigError(f"{key}: the processor does not resize; the crops (frames.size px) would reach the model as they are")
     normalise = doc.get("do_normalize", True)
     mean = tuple(doc.get("image_mean", (0.5, 0.5, 0.5))) if normalise else (0.0, 0.0, 0.0)
     std = tuple(doc.get("image_std", (0.5, 0.5, 0.5))) if normalise else (1.0, 1.0, 1.0)
