@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from pipeline.cluster.cli import app as cluster_app
 from pipeline.common import config
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import guard
@@ -23,6 +24,7 @@ from pipeline.common.outputs import guard
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Throughput benchmarks (print JSON lines).")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cluster_app, name="cluster")  # pipeline/cluster/cli.py: stages as Slurm jobs or local processes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
