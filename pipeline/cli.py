@@ -282,20 +282,35 @@ def ablation(
 @app.command()
 @user_errors
 def analyze(
-    videos: Annotated[list[Path], typer.Argument(help="video files (any container and codec FFmpeg decodes)")],
+    videos: Annotated[
+        list[Path] | None, typer.Argument(help="video files, folders of videos, or .txt lists of them (any container FFmpeg decodes)")
+    ] = None,
     models: ModelsOpt = Path("models"),
     out: Annotated[Path, typer.Option(help="folder for <stem>.csv and <stem>.png")] = Path("results"),
     all_faces: Annotated[bool, typer.Option("--all-faces", help="one CSV and PNG per face track (<stem>_face<k>)")] = False,
     device: DeviceOpt = "auto",
-    work: Annotated[Path | None, typer.Option(help="keep the intermediate dataset, prepared data and features here")] = None,
+    jobs: Annotated[int, typer.Option(help="videos whose faces are found at once (worker processes)", min=1)] = 1,
+    chunk: Annotated[int, typer.Option(help="frames per chunk of the streaming chain", min=16)] = 256,
+    live: Annotated[
+        str | None, typer.Option(help="analyse a live source instead: a camera index, an RTSP/HTTP URL, or - (stdin)")
+    ] = None,
+    csv: Annotated[str, typer.Option(help="--live: where rows go (- = stdout), flushed per row")] = "-",
+    hop: Annotated[float, typer.Option(help="--live: seconds between model runs (rows wait at most this long)", min=0.04)] = 0.5,
+    audio_lag: Annotated[float, typer.Option(help="--live: seconds of audio awaited past a frame before its row", min=0.0)] = 0.5,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Per-frame valence and arousal of any video with the trained folds: <out>/<stem>.csv and .png."""
+    """Per-frame valence and arousal of videos (or a live source) with the trained folds: <out>/<stem>.csv and .png."""
     from pipeline.commands import analyze as command
 
     frames, features, faces, post = sections(params, "frames", "features", "faces", "postprocess")
+    if live is not None:
+        if videos:
+            raise PipelineError("give either videos or --live SOURCE, not both")
+        command.run_live(live, models, csv, frames, features, faces, post, device=device, hop_s=hop, audio_lag_s=audio_lag)
+        return
     with guard(out):
-        command.run(videos, models, out, frames, features, faces, post, all_faces=all_faces, device=device, work=work)
+        command.run(videos or [], models, out, frames, features, faces, post, all_faces=all_faces, device=device,
+                    jobs=jobs, chunk=chunk)
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -40,6 +41,37 @@ from pipeline.faces.video import FaceFollower
 from pipeline.io.media import decode_frames, stream_rate
 
 DEFAULT_VIDEO = Path("../shared/realmedia/videos/pyfeat_WolfgangLanger_Pexels.mp4")  # 640 x 360, 23.976 fps, 472 frames
+
+
+# ------------------------------------------------------------------------------------------- test media
+def remux(src: Path, out: Any, fmt: str | None = None, loops: int = 1, pace: float | None = None) -> int:
+    """Copy the first video and audio streams of ``src`` into ``out`` (a path, or a writable binary file such as a
+    pipe, with ``fmt``) without re-encoding, ``loops`` times one after the other (each copy shifted by the video's
+    duration), optionally at ``pace`` times real time (each packet written when its time has come: a live
+    source). Returns the packets written. Looping makes long test videos; pacing into a pipe stands in for a camera
+    or a network stream."""
+    import av
+
+    with av.open(str(src)) as ic, av.open(out if not isinstance(out, Path) else str(out), "w", format=fmt) as oc:
+        ins = [ic.streams.video[0], *ic.streams.audio[:1]]
+        outs = {s.index: oc.add_stream_from_template(s) for s in ins}
+        packets = [p for p in ic.demux(ins) if p.dts is not None and p.size]
+        vs = ins[0]
+        period = max(float((p.pts + (p.duration or 0)) * p.time_base) for p in packets if p.stream is vs)
+        t0, n = time.monotonic(), 0
+        for k in range(loops):
+            for p in packets:
+                shift = int(round(k * period / p.time_base))
+                if pace:
+                    wait = t0 + (float(p.dts * p.time_base) + k * period) / pace - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                q = av.Packet(bytes(p))
+                q.pts, q.dts, q.time_base = p.pts + shift, p.dts + shift, p.time_base
+                q.duration, q.is_keyframe, q.stream = p.duration, p.is_keyframe, outs[p.stream.index]
+                oc.mux(q)
+                n += 1
+    return n
 
 
 def make_models(root: Path, params: Path = config.DEFAULT_PARAMS, folds: int = 2) -> Path:

@@ -1,19 +1,21 @@
-"""``python -m pipeline analyze VIDEO...``: from any video to per-frame valence and arousal, with the trained folds.
+"""``python -m pipeline analyze``: from any video, a folder or a list of videos, or a live source, to per-frame
+valence and arousal with the trained folds.
 
-Not a stage: it runs the stages' own code on a dataset it builds in a temporary folder, so the numbers are what the
-pipeline would give for that video as a test trial (no second implementation):
+Not a stage, and nothing on disk in between: the streaming chain of :mod:`pipeline.analysis` runs the stages' own
+parts in memory (the face pipeline, ``prepare``'s crop reading and filling, the extractors through their contract,
+whole-trial inference over the checkpoints, ``postprocess`` smoothing), chunk by chunk, so memory does not grow
+with a video's length and rows are written as they become final. The result equals what ``prepare``, ``extract``
+and ``predict`` give for the video as a test trial (tests/commands/test_analyze.py compares the two on every
+real recording).
 
-1. faces: decode, detect, track, align (:mod:`pipeline.faces`), crops written by the ``crop`` stage's writer into
-   ``cropped_aligned/<trial>/%05d.jpg``, beside ``videos/<stem>`` (a link to the file) and ``test_set.txt``;
-2. ``pipeline.stages.prepare.run`` (frames without a face are filled as in training),
-   ``pipeline.stages.extract.run`` for each modality the models use (extractors from params ``features``), and
-   ``pipeline.stages.predict.run`` (the folds' models averaged, ``postprocess`` smoothing);
-3. per trial ``<out>/<name>.csv`` (``frame,time_s,valence,arousal,face``, one row per decoded frame, ``frame`` from
-   1, ``time_s`` the frame's presentation time from the video's first frame) and ``<out>/<name>.png``.
-
-Trials: ``<stem>`` is the main face (largest area x duration); ``--all-faces`` gives every track of at least
-``faces.min_track`` seconds as ``<stem>_face<k>``, largest first. A video without a face gives ``<stem>`` with
-``face`` 0 everywhere and a warning.
+- Files: per trial ``<out>/<name>.csv`` (``frame,time_s,valence,arousal,face``, one row per decoded frame,
+  ``frame`` from 1, ``time_s`` the frame's presentation time from the video's first frame) and ``<out>/<name>.png``.
+  ``<stem>`` is the main face (largest area x duration); ``--all-faces`` gives every track of at least
+  ``faces.min_track`` seconds as ``<stem>_face<k>``, largest first. A video without a face gives ``<stem>`` with
+  ``face`` 0 everywhere and a warning. ``--jobs N`` runs N videos' face passes at once; the models are batched
+  across the videos in flight.
+- ``--live SOURCE`` (a camera index, an RTSP/HTTP URL, ``-`` for a stream on stdin): rolling windows, one row per
+  frame at most one hop after it arrived, with ``latency_s`` (pipeline/analysis/live.py).
 
 Refusals: the extractor each checkpoint records (``ckpt["features"][modality]``: extractor, weights sha256 or
 "random-init", parameters) must equal what params ``features`` builds here; features from other weights or settings
@@ -23,39 +25,26 @@ labelled in a warning and in the figure's title.
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.common.config import (
-    DataConfig,
-    FacesConfig,
-    FeaturesConfig,
-    FramesConfig,
-    PostprocessConfig,
-)
+from pipeline.analysis.backend import Backend
+from pipeline.analysis.predictor import load_folds
+from pipeline.common.config import FacesConfig, FeaturesConfig, FramesConfig, PostprocessConfig
+from pipeline.common.devices import resolve_device
 from pipeline.common.errors import InputError
 from pipeline.common.provenance import RANDOM_INIT
 from pipeline.extractors import Extractor, build
-from pipeline.faces.crops import assign_trials, crop_video, publish
-from pipeline.faces.mtcnn import MTCNN
-from pipeline.faces.video import Track, VideoFaces, min_track_frames
-from pipeline.io.media import VIDEO_SUFFIXES
-from pipeline.io.prepared import PreparedIndex
-from pipeline.scoring.curves import draw_video
+from pipeline.faces.mtcnn import providers_for
+from pipeline.io.media import VIDEO_SUFFIXES, find_videos
 from pipeline.training import checkpoint
 
-CSV_HEADER = ["frame", "time_s", "valence", "arousal", "face"]
+DEFAULT_CHUNK = 256  # frames per chunk of the streaming chain (memory: a few chunks of crops and one window of rows)
 # trial names the demo stage writes (pipeline/stages/demo.py: demo00, demo03_left, ...)
 DEMO_TRIAL = re.compile(r"demo\d{2,}(_left|_right)?")
 
@@ -134,77 +123,24 @@ def check_extractors(models: Models, extractors: dict[str, Extractor]) -> None:
         checkpoint.check_features(path, models.ckpts[k], have, where="params features.{m}")
 
 
-# ------------------------------------------------------------------------------------------------ dataset
-@dataclass
-class VideoResult:
-    """One analysed video: its faces and the trials made from it (``{trial: track or None}``)."""
-
-    path: Path
-    faces: VideoFaces
-    trials: dict[str, Track | None]
-
-
-def link_name(path: Path) -> str:
-    """The file name of the video inside the temporary dataset. ``prepare`` finds videos by suffix
-    (:data:`~pipeline.io.media.VIDEO_SUFFIXES`); FFmpeg recognises containers by their content, so any other
-    container (.flv, .ts, no suffix, ...) is linked as ``<stem>.mp4``."""
-    suffix = path.suffix.lower()
-    return path.stem + (suffix if suffix in VIDEO_SUFFIXES else ".mp4")
-
-
-def build_dataset(
-    videos: list[Path], root: Path, cfg: FacesConfig, all_faces: bool, detector: MTCNN, progress: bool = True
-) -> dict[str, VideoResult]:
-    """Write ``root`` in the Aff-Wild2 layout for ``videos`` (all test trials) and return what each video gave."""
-    from tqdm import tqdm
-
-    (root / "videos").mkdir(parents=True, exist_ok=True)
-    results: dict[str, VideoResult] = {}
-    for path in videos:
-        stem = path.stem
-        link = root / "videos" / link_name(path)
-        link.symlink_to(path.resolve())
-        with tqdm(desc=f"faces {path.name}", unit="frame", disable=not progress, mininterval=1.0) as bar:
-            faces = crop_video(link, cfg, detector, root / "work" / stem, progress=bar.update)
-        if all_faces:
-            ranked = faces.ranked(min_track_frames(cfg, faces.fps))
-            trials: dict[str, Track | None] = {f"{stem}_face{k}": t for k, t in enumerate(ranked, start=1)} or {stem: None}
-        else:
-            trials = assign_trials(faces, stem, [stem], cfg)
-        publish(root / "work" / stem, trials, root / "cropped_aligned")
-        for t in trials:  # prepare finds a trial's video by its name: <stem>_face<k> gets its own link
-            if t != stem:
-                (root / "videos" / link_name(path.with_name(t + path.suffix))).symlink_to(path.resolve())
-        results[stem] = VideoResult(path, faces, trials)
-    shutil.rmtree(root / "work", ignore_errors=True)
-    (root / "test_set.txt").write_text("".join(f"{t}\n" for r in results.values() for t in r.trials))
-    return results
-
-
-# ------------------------------------------------------------------------------------------------ outputs
-def face_mask(track: Track | None, n_frames: int) -> np.ndarray:
-    """bool (n_frames,): frames where ``track`` has a face."""
-    mask = np.zeros(n_frames, dtype=bool)
-    if track is not None:
-        mask[np.asarray(track.frames, dtype=np.int64)] = True
-    return mask
-
-
-def write_csv(path: Path, times: np.ndarray, pred: np.ndarray, face: np.ndarray) -> None:
-    """``frame,time_s,valence,arousal,face``: one row per decoded frame (``frame`` from 1)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_HEADER)
-        for i, (t, (v, a), m) in enumerate(zip(times, pred, face)):
-            w.writerow([i + 1, f"{t:.6f}", f"{v:.6f}", f"{a:.6f}", int(m)])
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------------------------- command
-def check_videos(videos: list[Path]) -> list[Path]:
-    """``videos`` as paths, each an existing file with a file name of its own (the CSV is named after it)."""
-    videos = [Path(v) for v in videos]
+def expand_videos(inputs: list[Path]) -> list[Path]:
+    """Video files from ``inputs``: files as they are, folders as every video under them (any depth, by
+    :data:`~pipeline.io.media.VIDEO_SUFFIXES`), ``.txt`` files as lists (one path per line, relative to the list;
+    blank lines and ``#`` comments skipped). Each must exist and have a file name of its own (the CSV is named after
+    it)."""
+    videos: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(find_videos(item).values())
+            if not found:
+                raise InputError(f"{item}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+            videos += found
+        elif item.suffix.lower() == ".txt" and item.is_file():
+            lines = [ln.strip() for ln in item.read_text().splitlines()]
+            videos += [item.parent / ln for ln in lines if ln and not ln.startswith("#")]
+        else:
+            videos.append(item)
     stems: dict[str, Path] = {}
     for v in videos:
         if not v.is_file():
@@ -212,6 +148,8 @@ def check_videos(videos: list[Path]) -> list[Path]:
         if v.stem in stems:
             raise InputError(f"{v}: same name as {stems[v.stem]}; each video needs its own file name (the CSV is named after it)")
         stems[v.stem] = v
+    if not videos:
+        raise InputError("no videos given (files, folders or .txt lists; or --live SOURCE)")
     return videos
 
 
@@ -232,59 +170,6 @@ def load_checked(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesC
     return fold_models, extractors
 
 
-def predict_videos(
-    videos: list[Path], base: Path, fold_models: Models, extractors: dict[str, Extractor], cfgs: dict[str, Any],
-    all_faces: bool, device: str, jobs: int, progress: bool, clock: "Clock",
-) -> tuple[dict[str, VideoResult], PreparedIndex, dict[str, np.ndarray]]:
-    """Faces, ``prepare``, ``extract`` and ``predict`` over ``videos`` as test trials of a dataset under ``base``:
-    what each video gave, the prepared index, and ``{trial: (N, 2)}`` predictions. ``cfgs``: params sections
-    ``frames``, ``features``, ``faces``, ``postprocess``."""
-    from pipeline.stages import extract, predict, prepare
-
-    faces_cfg = cfgs["faces"]
-    detector = MTCNN(faces_cfg.min_face, faces_cfg.thresholds, faces_cfg.backend, threads=1)
-    root = base / "dataset"
-    if root.exists():
-        shutil.rmtree(root)
-    results = build_dataset(videos, root, faces_cfg, all_faces, detector, progress)
-    clock.lap("faces")
-    prepared, features = base / "prepared", base / "features"
-    index = prepare.run(DataConfig(root=str(root)), cfgs["frames"], prepared, jobs=jobs)
-    clock.lap("prepare")
-    for m, ex in extractors.items():
-        extract.run(m, getattr(cfgs["features"], m), prepared, features / f"{m}.zarr", device=device, extractor=ex,
-                    progress=progress)
-        clock.lap(f"extract_{m}")
-    preds = predict.run(fold_models.folds, cfgs["postprocess"], fold_models.root, prepared, features,
-                        base / "predictions.txt", device=device)
-    clock.lap("predict")
-    return results, index, preds
-
-
-def write_results(
-    results: dict[str, VideoResult], index: PreparedIndex, preds: dict[str, np.ndarray], fold_models: Models, out: Path
-) -> dict[str, Path]:
-    """``<out>/<trial>.csv`` and ``.png`` for every trial of every video; returns ``{trial: csv path}``."""
-    written: dict[str, Path] = {}
-    for r in results.values():
-        n = r.faces.n_frames
-        counted = {index.videos[index.trial(t).video].n_frames for t in r.trials}
-        if counted != {n}:  # the same decoder counts both: a difference would misplace every row
-            raise InputError(f"{r.path}: decoded {n} frames for the faces but {sorted(counted)} in prepare")
-        if not any(t is not None for t in r.trials.values()):
-            print(f"warning: {r.path}: no face found in {n} frames; face is 0 in every row", file=sys.stderr)
-        for trial, track in r.trials.items():
-            face = face_mask(track, n)
-            title = f"{r.path.name}: {trial}  ({int(face.sum())}/{n} frames with a face, {len(fold_models.folds)} folds)"
-            if fold_models.notes:
-                title += "\n" + "; ".join(fold_models.notes).upper() + ": not a measurement of affect"
-            write_csv(out / f"{trial}.csv", r.faces.times, preds[trial], face)
-            draw_video(out / f"{trial}.png", r.faces.times, preds[trial], face, title)
-            written[trial] = out / f"{trial}.csv"
-            print(f"analyze: {out / trial}.csv, .png ({n} frames, {int(face.sum())} with a face)")
-    return written
-
-
 def run(
     videos: list[Path],
     models: Path,
@@ -295,43 +180,67 @@ def run(
     post_cfg: PostprocessConfig,
     all_faces: bool = False,
     device: str = "auto",
-    jobs: int = 0,
-    work: Path | None = None,
+    jobs: int = 1,
+    chunk: int = DEFAULT_CHUNK,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Analyse ``videos``; returns ``{trial: csv path}``. ``work``: keep the intermediate dataset there (else a
-    temporary folder, deleted afterwards)."""
-    clock = Clock()
-    videos = check_videos(videos)
-    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, device)
-    clock.lap("setup")
+    """Analyse video files (``videos``: files, folders, ``.txt`` lists); returns ``{trial: csv path}``. The last line
+    printed is a JSON summary: frames, seconds and frames/s in all and per video."""
+    from pipeline.analysis.files import FrontEnd, run_files
+
+    t0 = time.perf_counter()
+    videos = expand_videos(videos)
+    backend, providers = _backend(models, out, frames_cfg, features_cfg, post_cfg, device, chunk)
+    setup_s = time.perf_counter() - t0
+    fe = FrontEnd(faces_cfg, frames_cfg, all_faces, chunk, providers)
+    summaries = run_files(videos, backend, fe, jobs, progress)
+    total = time.perf_counter() - t0
+    n = sum(s.frames for s in summaries)
+    sys.stderr.flush()  # the progress line ends before the summary
+    print(json.dumps({"analyze": len(summaries), "frames": n, "seconds": round(total, 2),
+                      "frames_per_s": round(n / total, 1), "setup_s": round(setup_s, 2), "jobs": jobs, "chunk": chunk,
+                      "device": str(backend.device), "videos": [s.as_dict() for s in summaries]}))
+    return {p.stem: p for s in summaries for p in s.csvs}
+
+
+def _backend(models: Path, out: Path, frames_cfg: FramesConfig, features_cfg: FeaturesConfig,
+             post_cfg: PostprocessConfig, device: str, chunk: int) -> tuple[Backend, tuple]:
+    """The checked extractors and the fold models on ``device``, and the face detector's onnxruntime providers
+    (the CPU's, said once, when ``--device cuda`` finds onnxruntime without CUDA)."""
+    dev = resolve_device(device)
+    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
+    folds = load_folds(fold_models.root, fold_models.folds, dev)
+    providers, note = providers_for(str(dev))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = {"frames": frames_cfg, "features": features_cfg, "faces": faces_cfg, "postprocess": post_cfg}
-    with contextlib.ExitStack() as stack:
-        base = Path(work) if work is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="va-analyze-")))
-        results, index, preds = predict_videos(videos, base, fold_models, extractors, cfgs, all_faces, device, jobs,
-                                               progress, clock)
-    written = write_results(results, index, preds, fold_models, out)
-    clock.lap("outputs")
-    n = sum(r.faces.n_frames for r in results.values())
-    print(json.dumps({"analyze": len(results), "frames": n, "seconds": clock.total, "frames_per_s": round(n / clock.total, 1),
-                      "phases_s": clock.laps}))
-    return written
+    return Backend(extractors, folds, post_cfg, dev, out, fold_models.notes, chunk), providers
 
 
-class Clock:
-    """Seconds per phase of the command, for its closing JSON line."""
+def run_live(
+    source: str,
+    models: Path,
+    csv_target: str,
+    frames_cfg: FramesConfig,
+    features_cfg: FeaturesConfig,
+    faces_cfg: FacesConfig,
+    post_cfg: PostprocessConfig,
+    device: str = "auto",
+    hop_s: float = 0.5,
+    audio_lag_s: float = 0.5,
+) -> dict:
+    """``--live SOURCE``: rows to ``csv_target`` (``-``: stdout) until the stream ends or Ctrl-C; returns the
+    summary (printed as JSON on stderr)."""
+    from pipeline.analysis.live import LiveOptions, analyze_live
 
-    def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.last, 2)
-        self.last = now
-
-    @property
-    def total(self) -> float:
-        return round(self.last - self.start, 2)
+    dev = resolve_device(device)
+    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
+    folds = load_folds(fold_models.root, fold_models.folds, dev)
+    providers, note = providers_for(str(dev))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    opts = LiveOptions(hop_s, audio_lag_s, providers)
+    summary = analyze_live(source, csv_target, extractors, folds, faces_cfg, frames_cfg, post_cfg, dev, opts)
+    print(json.dumps(summary), file=sys.stderr)
+    return summary

@@ -40,6 +40,15 @@ def crop_name(frame_index: int) -> str:
     return f"{frame_index + 1:05d}.jpg"
 
 
+def encode_crop(crop: np.ndarray, quality: int) -> bytes:
+    """An aligned crop uint8 (S, S, 3) RGB as the JPEG bytes the writer stores (OpenCV's encoder at ``quality``):
+    ``analyze`` decodes the same bytes in memory, so its model sees what training saw."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise InputError(f"cannot encode a {crop.shape} crop as JPEG")
+    return buf.tobytes()
+
+
 def crop_video(
     path: Path,
     cfg: FacesConfig,
@@ -50,7 +59,6 @@ def crop_video(
     """Follow the faces of ``path`` and write every track's aligned crops to ``work/track<id>/``."""
     work.mkdir(parents=True, exist_ok=True)
     made: set[int] = set()
-    params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]
 
     def write(i: int, rgb: np.ndarray, faces: Faces, ids: np.ndarray) -> None:
         for k, tid in enumerate(ids):
@@ -60,8 +68,10 @@ def crop_video(
                 made.add(int(tid))
             crop = align_face(rgb, faces.landmarks[k], TEMPLATE_SIZE)
             target = folder / crop_name(i)
-            if not cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), params):
-                raise InputError(f"{target}: cannot write the crop")
+            try:
+                target.write_bytes(encode_crop(crop, cfg.jpeg_quality))
+            except OSError as e:
+                raise InputError(f"{target}: cannot write the crop ({e.strerror or e})") from None
 
     return follow_video(path, cfg, detector, on_frame=write, progress=progress)
 

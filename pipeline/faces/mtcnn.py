@@ -107,10 +107,34 @@ def weights_digest() -> str:
     return hashlib.sha256("".join(files[n][1] for n in NET_FILES).encode()).hexdigest()
 
 
+# onnxruntime provider specs: a name, or (name, options)
+Provider = str | tuple[str, dict[str, str]]
+CPU_PROVIDERS: tuple[Provider, ...] = ("CPUExecutionProvider",)
+
+
+def providers_for(device: str) -> tuple[tuple[Provider, ...], str | None]:
+    """onnxruntime execution providers for a resolved device (``cpu``, ``cuda``, ``cuda:1``): CUDA's where the
+    device is a GPU and the installed onnxruntime has that provider, else the CPU's, with the reason as a note (None
+    when there is nothing to say). The note is for the caller to print once."""
+    if not device.startswith("cuda"):
+        return CPU_PROVIDERS, None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        index = device.partition(":")[2] or "0"
+        return (("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"), None
+    return CPU_PROVIDERS, (
+        f"the face detector runs on the CPU: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider "
+        "(pip install onnxruntime-gpu for it)"
+    )
+
+
 class _Net:
     """One ONNX network under OpenCV's dnn module or onnxruntime, single-threaded or not; NHWC float32 in."""
 
-    def __init__(self, name: str, path: Path, backend: Backend, threads: int) -> None:
+    def __init__(
+        self, name: str, path: Path, backend: Backend, threads: int, providers: tuple[Provider, ...] = CPU_PROVIDERS
+    ) -> None:
         self.outputs = list(_OUTPUTS[name])
         self.backend = backend
         if backend == "opencv":
@@ -122,7 +146,7 @@ class _Net:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
-            self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(str(path), opts, providers=list(providers))
             self.input = self.sess.get_inputs()[0].name
         else:
             raise ValueError(f"unknown backend {backend!r}")
@@ -208,7 +232,8 @@ def pyramid(height: int, width: int, min_face: float) -> list[float]:
 class MTCNN:
     """The three-stage cascade. ``min_face``: smallest face side in pixels, or, when below 1, as a fraction of the
     frame's shorter side (never below 20 px). ``thresholds``: P/R/O-net face probabilities. ``backend``: OpenCV's
-    dnn module or onnxruntime; ``threads``: onnxruntime intra-op threads (0 = its default)."""
+    dnn module or onnxruntime; ``threads``: onnxruntime intra-op threads (0 = its default); ``providers``:
+    onnxruntime's execution providers (:func:`providers_for`)."""
 
     def __init__(
         self,
@@ -216,12 +241,15 @@ class MTCNN:
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         backend: Backend = "opencv",
         threads: int = 1,
+        providers: tuple[Provider, ...] = CPU_PROVIDERS,
     ) -> None:
         files = model_files()
         self.min_face = float(min_face)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.backend = backend
-        self.pnet, self.rnet, self.onet = (_Net(n, files[n][0], backend, threads) for n in ("pnet", "rnet", "onet"))
+        self.pnet, self.rnet, self.onet = (
+            _Net(n, files[n][0], backend, threads, providers) for n in ("pnet", "rnet", "onet")
+        )
 
     def min_face_px(self, height: int, width: int) -> float:
         px = self.min_face * min(height, width) if self.min_face < 1 else self.min_face

@@ -24,7 +24,7 @@ from pipeline.common.errors import InputError
 from pipeline.common.prefetch import read_ahead
 from pipeline.faces.mtcnn import MTCNN, Faces, nms
 from pipeline.faces.tracker import IoUTracker
-from pipeline.io.media import decode_frames, stream_rate
+from pipeline.io.media import VideoDecoder, VideoInfo, stream_rate
 
 
 @dataclass
@@ -68,6 +68,7 @@ class VideoFaces:
     times: np.ndarray
     tracks: dict[int, Track]
     detect_s: float = 0.0  # seconds spent in detection, refinement and tracking (not decoding, not writing)
+    info: VideoInfo | None = None  # what probe_video(count_frames=True) says of the same frames
 
     @property
     def n_frames(self) -> int:
@@ -132,7 +133,8 @@ def follow_video(
     times: list[float | None] = []
     width = height = 0
     spent, pending = 0.0, 0
-    for i, (t, rgb) in enumerate(read_ahead(decode_frames(path))):
+    decoder = VideoDecoder(path)
+    for i, (t, rgb) in enumerate(read_ahead(decoder)):
         height, width = rgb.shape[:2]
         times.append(t)
         t0 = time.perf_counter()
@@ -150,7 +152,7 @@ def follow_video(
         progress(pending)
     if not times:
         raise InputError(f"{path}: video stream has no frames")
-    return VideoFaces(path, width, height, fps, presentation_times(times, fps), tracks, spent)
+    return VideoFaces(path, width, height, fps, presentation_times(times, fps), tracks, spent, decoder.info)
 
 
 def presentation_times(times: list[float | None], fps: float) -> np.ndarray:

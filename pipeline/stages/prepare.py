@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -177,10 +178,10 @@ class CropIssues:
         return out
 
 
-def load_crop(path: Path, size: int, issues: CropIssues | None = None) -> np.ndarray | None:
+def load_crop(path: Path | BinaryIO, size: int, issues: CropIssues | None = None) -> np.ndarray | None:
     """A crop as uint8 (size, size, 3) RGB, or None when the file is missing; raises OSError if unreadable. A crop
     that is not a JPEG, not RGB, not square or smaller than ``size`` is still read (converted, resized) and noted
-    in ``issues``."""
+    in ``issues``. ``path`` may be an open binary file (``analyze`` passes the JPEG bytes in memory)."""
     try:
         img = Image.open(path)
     except FileNotFoundError:

@@ -123,6 +123,30 @@ class FeatureBank:
             bank.labels = torch.from_numpy(y).to(device)
         return bank
 
+    @classmethod
+    def from_rows(
+        cls,
+        device: torch.device,
+        trials: list[str],
+        lengths: Sequence[int],
+        rows: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor],
+        no_input: Mapping[str, Sequence[bool]],
+    ) -> "FeatureBank":
+        """A bank of rows already in memory (``analyze``'s streaming chain): ``rows[m]`` (R, *row_shape) in the
+        store dtype and ``present[m]`` (R,) bool, the trials concatenated in the order of ``trials`` (which need not
+        be sorted); ``no_input[m]`` (n_trials,) says which trials have no real row of ``m`` at all (a whole-trial
+        property the caller knows). Placement ``device``."""
+        shapes = {m: tuple(x.shape[1:]) for m, x in rows.items()}
+        bank = cls(device, list(trials), np.asarray(lengths, dtype=np.int64), list(rows), shapes,
+                   {m: {"dtype": str(x.dtype).removeprefix("torch.")} for m, x in rows.items()})
+        for m, x in rows.items():
+            bank._rows[m] = x.to(device)
+            bank.placement[m] = "device"
+            bank.present[m] = present[m].to(device)
+            bank.no_input[m] = torch.as_tensor(list(no_input[m]), dtype=torch.bool).to(device)
+        return bank
+
     def _load(self, m: str, store: FeatureStore, where: str, bar: tqdm) -> None:
         present = np.zeros(self.n_rows, bool)
         for t, o, n in zip(self.trials, self.offsets, self.lengths):

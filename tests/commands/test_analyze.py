@@ -1,4 +1,6 @@
-"""`python -m pipeline analyze`: real videos in, one CSV row per decoded frame out; extractor agreement; notes.
+"""`python -m pipeline analyze`: real videos in, one CSV row per decoded frame out, equal to the stages' result
+(prepare, extract, predict through disk: tests/helpers/analyze_reference.py) at any chunk size; folders, lists and
+parallel workers; live sources piped at their own frame rate, Ctrl-C; extractor agreement; notes.
 
 Models: the fusion model trained one epoch on synthetic features with the real row shapes
 (:func:`pipeline.bench.analyze.make_models`), carrying the extractor records that training copies from the stores.
@@ -22,6 +24,9 @@ from pipeline.common.config import FeaturesConfig, FramesConfig, IResNetConfig
 from pipeline.common.errors import InputError
 from pipeline.io.media import decode_frames
 from pipeline.scoring import curves
+from pipeline.analysis.writer import CsvRows
+from pipeline.common import config
+from tests.helpers.analyze_reference import reference
 from tests.helpers.cli import invoke
 from tests.helpers.media import write_av
 
@@ -89,18 +94,55 @@ def test_analyze_mp4_mov_and_a_video_without_audio(realmedia, models, params, tm
         else:
             assert rows[:, 4].mean() >= 0.95
     summary = json.loads(res.output.strip().splitlines()[-1])
-    assert summary["frames"] == 72 + 169 + 30 and set(summary["phases_s"]) >= {"faces", "prepare", "predict"}
+    assert summary["frames"] == 72 + 169 + 30 and [v["frames"] for v in summary["videos"]] == [72, 169, 30]
+    assert "pyfeat_face_noface.csv and .png: 169 frames, 72 with a face" in res.output
+
+
+def real_videos(realmedia: Path) -> list[Path]:
+    return sorted((realmedia / "videos").glob("*.m*")) + sorted((realmedia / "videos_noaudio").glob("*.mp4"))
+
+
+def max_differences(models: Path, params: Path, videos: list[Path], out: Path, work: Path) -> dict[str, float]:
+    """Per trial, the largest difference between the CSV's values and the stages' result for the same videos."""
+    raw = config.read_params(params)
+    cfgs = [config.section(n, params, raw) for n in ("frames", "features", "faces", "postprocess")]
+    fold_models, extractors = analyze.load_checked(models, cfgs[0], cfgs[1], "cpu")
+    ref = reference(videos, work, models, fold_models.folds, extractors, *cfgs)
+    diffs = {}
+    for trial, (times, pred, face) in ref.items():
+        _, rows = read_csv(out / f"{trial}.csv")
+        assert len(rows) == len(pred), trial
+        np.testing.assert_allclose(rows[:, 1], times, atol=1e-6)
+        np.testing.assert_array_equal(rows[:, 4].astype(bool), face)
+        diffs[trial] = float(np.abs(rows[:, 2:4] - pred).max())
+    return diffs
+
+
+@pytest.mark.realmedia
+def test_streaming_equals_the_stages_across_chunk_seams(realmedia, models, params, tmp_path):
+    """Chunks of 16 frames against windows of 64 every 32: every seam case, on a real recording with mp3 audio."""
+    video = realmedia / "videos" / "pyfeat_single_face.mp4"
+    res = run_cli([str(video), "--models", str(models), "--out", str(tmp_path / "out"), "--chunk", "16"], params)
+    assert res.exit_code == 0, res.output
+    diffs = max_differences(models, params, [video], tmp_path / "out", tmp_path / "ref")
+    assert diffs["pyfeat_single_face"] < 2e-6, diffs  # the CSV's 6 decimals: 5e-7
 
 
 @pytest.mark.slow
 @pytest.mark.realmedia
-def test_analyze_every_real_video(realmedia, models, params, tmp_path):
-    """22.13 and 23.976 fps, HEVC .mov, mpeg4, no audio stream, portrait sizes: rows = decoded frames."""
-    videos = sorted((realmedia / "videos").glob("*.m*")) + sorted((realmedia / "videos_noaudio").glob("*.mp4"))
-    res = run_cli([*map(str, videos), "--models", str(models), "--out", str(tmp_path)], params)
+def test_streaming_equals_the_stages_on_every_real_video(realmedia, models, params, tmp_path):
+    """22.13 and 23.976 fps, HEVC .mov, mpeg4, mp3, audio shorter than the video, no audio stream, portrait sizes:
+    rows = decoded frames, values equal to prepare + extract + predict through disk. Two workers: chunks of two
+    videos go through the models together."""
+    videos = real_videos(realmedia)
+    res = run_cli([*map(str, videos), "--models", str(models), "--out", str(tmp_path / "out"), "--chunk", "64",
+                   "--jobs", "2"], params)
     assert res.exit_code == 0, res.output
     for v in videos:
-        check_csv(tmp_path / f"{v.stem}.csv", v)
+        check_csv(tmp_path / "out" / f"{v.stem}.csv", v)
+    diffs = max_differences(models, params, videos, tmp_path / "out", tmp_path / "ref")
+    print("max abs difference per video:", json.dumps({k: float(f"{v:.2g}") for k, v in diffs.items()}))
+    assert max(diffs.values()) < 2e-6, diffs
 
 
 @pytest.mark.realmedia
@@ -204,11 +246,14 @@ def test_bad_inputs_are_one_line_errors(models, params, tmp_path):
 def test_csv_and_spans_by_hand(tmp_path):
     assert curves.spans(np.array([0, 1, 1, 0, 1], bool)) == [(1, 3), (4, 5)]
     assert curves.spans(np.zeros(3, bool)) == []
-    analyze.write_csv(tmp_path / "x.csv", np.array([0.0, 0.04]), np.array([[0.1, -0.2], [0.3, 0.4]]), np.array([True, False]))
+    rows = CsvRows.result(tmp_path / "x.csv")
+    rows.write(np.array([0.0]), np.array([[0.1, -0.2]]), np.array([True]))
+    assert not (tmp_path / "x.csv").exists() and (tmp_path / "x.csv.part").exists()  # whole or not at all
+    rows.write(np.array([0.04]), np.array([[0.3, 0.4]]), np.array([False]))
+    rows.close()
     assert (tmp_path / "x.csv").read_text().splitlines() == [
         "frame,time_s,valence,arousal,face", "1,0.000000,0.100000,-0.200000,1", "2,0.040000,0.300000,0.400000,0"]
-    assert analyze.link_name(Path("/x/clip.FLV")) == "clip.mp4" and analyze.link_name(Path("a.avi")) == "a.avi"
-    assert analyze.link_name(Path("/x/clip.MOV")) == "clip.mov"
+    assert not (tmp_path / "x.csv.part").exists()
 
 
 def test_bench_stand_in_models_use_random_init_extractors(tmp_path):

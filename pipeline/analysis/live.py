@@ -1,0 +1,301 @@
+"""``analyze --live SOURCE``: a camera, a network stream or a stream on stdin, one row per frame as it goes.
+
+A reader thread decodes the source (:func:`pipeline.io.media.decode_live`): frames into a bounded queue with the
+wall time they came out of the decoder, audio into a :class:`~pipeline.analysis.audio.LiveTrack`. The main thread
+finds each frame's face as it arrives; every ``hop`` seconds it takes the frames whose audio is in (``audio_lag``
+seconds of track past the frame: VGGish's example reaches 0.49 s ahead) through the same parts as a file
+(crops filled, extractors, the fold models, smoothing) and writes their rows, each with ``latency_s``: wall seconds
+from the frame's arrival to its row being written. A row is written at most one hop (plus ``audio_lag``, plus the
+work) after its frame arrived.
+
+How live differs from a file, on purpose (a file's result needs the whole video; a live row cannot wait for it):
+- the temporal model sees rolling windows: each step runs every fold over the latest ``window`` frames (fewer at
+  the start) and keeps the outputs of the frames new since the last step, so a frame's value comes from one window
+  in which it is among the last, not from the average of the windows around it;
+- the face is the largest face so far (area x duration) among those in the frame, once its track is
+  ``faces.min_track`` seconds old; frames before the first face are black (no later face to fill them with), and a
+  window without any face has its visual features zeroed, as a trial without a face is;
+- MFCC's ``top_db`` floor is relative to the loudest part of the audio heard before the first MFCC rows (about the
+  first second), not of the whole track;
+- smoothing (``postprocess``) delays each row by ``max(window) + 1`` frames (it needs that many after it).
+
+Ctrl-C (SIGINT) stops reading; the frames already decoded are analysed, their rows written, and the CSV closed: it
+is complete up to the last frame that arrived. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.common.config import FacesConfig, FramesConfig, PostprocessConfig
+from pipeline.extractors import Extractor
+from pipeline.faces.mtcnn import MTCNN
+from pipeline.faces.tracker import IoUTracker
+from pipeline.faces.video import FaceFollower
+from pipeline.io.media import decode_live, open_live
+from pipeline.io.timebase import SAMPLE_RATE
+from pipeline.analysis.audio import LiveTrack
+from pipeline.analysis.crops import CropFill, face_crop
+from pipeline.analysis.features import AudioRows, frame_rows
+from pipeline.analysis.predictor import Fold, RollingWindows
+from pipeline.analysis.smoother import StreamingSmoother
+from pipeline.analysis.writer import CsvRows
+
+QUEUE_FRAMES = 256  # decoded frames waiting for their face (a slow analysis backs the source up, memory stays flat)
+MAX_AUDIO_WAIT_S = 2.0  # wall seconds past the hop a frame waits for audio that does not come
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    hop_s: float  # seconds between model runs
+    audio_lag_s: float  # seconds of audio past a frame before it is analysed
+    providers: tuple[Any, ...]  # onnxruntime providers of the face detector
+
+
+@dataclass
+class Arrived:
+    """A decoded frame: its wall-clock arrival (``time.monotonic``), its time in seconds from the first frame, and
+    its face crop (uint8 (S, S, 3); None: no face)."""
+
+    arrival: float
+    time: float
+    crop: np.ndarray | None
+
+
+class LiveFace:
+    """The landmarks of the face to analyse in each frame of a live stream (see the module docstring)."""
+
+    def __init__(self, cfg: FacesConfig, detector: MTCNN, fps: float) -> None:
+        gap = max(0, int(round(cfg.max_gap * fps)))
+        self.follower = FaceFollower(detector, cfg.detect_every, IoUTracker(iou_min=cfg.iou, max_gap=gap))
+        self.min_frames, self.gap = max(1, int(round(cfg.min_track * fps))), gap
+        self.size: dict[int, float] = {}  # track id -> sum of box areas so far
+        self.frames: dict[int, int] = {}  # track id -> frames seen
+        self.last: dict[int, int] = {}  # track id -> last frame seen
+        self.i = -1
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        """(5, 2) landmarks of the chosen face in ``rgb``, or None."""
+        self.i += 1
+        faces, ids = self.follower.step(rgb)
+        best, best_size = None, -1.0
+        for k, tid in enumerate(int(t) for t in ids):
+            b = faces.boxes[k]
+            self.size[tid] = self.size.get(tid, 0.0) + float((b[2] - b[0]) * (b[3] - b[1]))
+            self.frames[tid] = self.frames.get(tid, 0) + 1
+            self.last[tid] = self.i
+            if self.frames[tid] >= self.min_frames and self.size[tid] > best_size:
+                best, best_size = faces.landmarks[k], self.size[tid]
+        for tid in [t for t, f in self.last.items() if self.i - f > self.gap + 1]:  # tracks that cannot come back
+            del self.size[tid], self.frames[tid], self.last[tid]
+        return best
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Queue ``item`` unless the analysis has stopped (then False): a full queue never blocks the thread for good."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def read_source(container: Any, track: LiveTrack | None, frames: queue.Queue, stop: threading.Event) -> None:
+    """Reader thread: decoded frames ``(arrival, time, rgb)`` into ``frames``, audio into ``track``; then None (or
+    the exception that ended it)."""
+    try:
+        for kind, a, b in decode_live(container):
+            if kind == "video":
+                if not _put(frames, (time.monotonic(), a, b), stop):
+                    return
+            elif track is not None:
+                track.add(a, b)
+        _put(frames, None, stop)
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        _put(frames, e, stop)
+    finally:
+        if track is not None:
+            track.end()
+
+
+class LiveChain:
+    """Frames with their crops in, rows out: fill, features, rolling windows, smoothing, CSV with latency."""
+
+    def __init__(self, extractors: dict[str, Extractor], folds: list[Fold], frames: FramesConfig,
+                 post: PostprocessConfig, device: torch.device, track: LiveTrack | None, csv: CsvRows) -> None:
+        self.extractors, self.device, self.track, self.csv = extractors, device, track, csv
+        self.size, self.fill = frames.size, CropFill(frames.missing)
+        self.windows = RollingWindows(folds)
+        self.step_max = min(f.window for f in folds)  # frames one rolling step may add
+        self.smoother = StreamingSmoother(post)
+        self.audio = {m: AudioRows(ex, track) for m, ex in extractors.items() if ex.kind == "audio" and track is not None}
+        self.t0: float | None = None  # the first frame's time on the stream's clock
+        self.done = 0  # frames analysed
+        self.unwritten: deque[Arrived] = deque()  # analysed, waiting for the smoother
+        self.latency: list[float] = []
+        self.faces = 0
+
+    def track_times(self, times: np.ndarray) -> np.ndarray | None:
+        """Frame times (seconds from the first frame) on the track's timeline; None while the track's start is
+        unknown (no audio yet)."""
+        if self.track is None or self.track.start is None or self.t0 is None:
+            return None
+        return times - (self.track.start - self.t0)
+
+    def ready(self, pending: deque[Arrived], lag_s: float, now: float) -> int:
+        """How many of the oldest ``pending`` frames have their audio (``lag_s`` past them), or have waited for it
+        long enough, or need none."""
+        if self.track is None or self.track.ended or not self.audio:
+            return len(pending)
+        have = self.track.n_samples / SAMPLE_RATE
+        n = 0
+        for f in pending:
+            tt = self.track_times(np.array([f.time]))
+            if (tt is None or tt[0] + lag_s > have) and now - f.arrival < MAX_AUDIO_WAIT_S + lag_s:
+                break
+            n += 1
+        return n
+
+    def process(self, frames: list[Arrived]) -> None:
+        """Analyse ``frames`` (the next ones, in order) and write the rows that became final."""
+        for s in range(0, len(frames), self.step_max):
+            part = frames[s : s + self.step_max]
+            rows, present = self._features(part)
+            self.windows.push(rows, present)
+            self._write(self.smoother.push(self.windows.step(self.device)), part)
+
+    def _features(self, part: list[Arrived]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        k = len(part)
+        face = np.array([f.crop is not None for f in part])
+        crops = np.zeros((k, self.size, self.size, 3), np.uint8)
+        for i, f in enumerate(part):
+            if f.crop is not None:
+                crops[i] = f.crop
+        crops = self.fill(crops, face)
+        rows, present = {}, {}
+        times = np.array([f.time for f in part])
+        for m, ex in self.extractors.items():
+            if ex.kind == "frames":
+                rows[m], present[m] = frame_rows(ex, crops), face
+            elif m in self.audio and (tt := self.track_times(times)) is not None:
+                rows[m], present[m] = self.audio[m](self.done, tt, self.track.n_samples)  # type: ignore[union-attr]
+            else:  # no audio (yet): zeros, not heard
+                rows[m], present[m] = np.zeros((k, *ex.row_shape), dtype=ex.dtype), np.zeros(k, bool)
+        self.done += k
+        self.faces += int(face.sum())
+        return rows, present
+
+    def _write(self, values: np.ndarray, part: list[Arrived]) -> None:
+        self.unwritten.extend(part)
+        out = [self.unwritten.popleft() for _ in range(len(values))]
+        now = time.monotonic()
+        latency = np.array([now - f.arrival for f in out])
+        self.csv.write(np.array([f.time for f in out]), values, np.array([f.crop is not None for f in out]), latency)
+        self.latency.extend(latency.tolist())
+
+    def finish(self) -> None:
+        """Write the rows the smoother still holds (the stream has ended)."""
+        self._write(self.smoother.finish(), [])
+
+
+def _sigint_flag() -> tuple[threading.Event, Callable[[], None]]:
+    """An event set by the first Ctrl-C (the second one interrupts), and the function that restores the handler."""
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    return stop, lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _arrive(item: tuple[float, float | None, np.ndarray], chain: LiveChain, face: LiveFace, first: list[float],
+            faces: FacesConfig, size: int) -> Arrived:
+    """A decoded frame -> :class:`Arrived`: its time from the first frame (the stream's clock, or arrival times
+    when frames carry none) and its face crop."""
+    arrival, t, rgb = item
+    if not first:
+        first.append(arrival if t is None else t)
+        chain.t0 = t
+    rel = (arrival if t is None else t) - first[0]
+    lm = face(rgb)
+    return Arrived(arrival, rel, face_crop(rgb, lm, faces.jpeg_quality, size) if lm is not None else None)
+
+
+def analyze_live(
+    source: str, csv_target: str, extractors: dict[str, Extractor], folds: list[Fold], faces: FacesConfig,
+    frames: FramesConfig, post: PostprocessConfig, device: torch.device, opts: LiveOptions,
+) -> dict[str, Any]:
+    """Analyse ``source`` until it ends or Ctrl-C; rows to ``csv_target`` (``-``: stdout). Returns the summary:
+    frames, faces, seconds, frames/s, latency percentiles, how it stopped."""
+    container = open_live(source)
+    audio = bool(container.streams.audio) and any(ex.kind == "audio" for ex in extractors.values())
+    track = LiveTrack(key=f"live:{source}") if audio else None
+    fps = float(container.streams.video[0].average_rate or 25.0)
+    detector = MTCNN(faces.min_face, faces.thresholds, faces.backend, threads=1, providers=opts.providers)
+    face = LiveFace(faces, detector, fps)
+    csv = CsvRows.live_target(csv_target)
+    chain = LiveChain(extractors, folds, frames, post, device, track, csv)
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    stop, restore = _sigint_flag()
+    reader = threading.Thread(target=read_source, args=(container, track, q, stop), daemon=True, name="live-reader")
+    reader.start()
+    pending: deque[Arrived] = deque()
+    first: list[float] = []
+    start, ended = time.monotonic(), False
+    next_step = start + opts.hop_s
+    try:
+        while not ended and not stop.is_set():
+            try:
+                item = q.get(timeout=max(0.0, min(0.05, next_step - time.monotonic())))
+            except queue.Empty:
+                item = False
+            if item is None:
+                ended = True
+            elif isinstance(item, BaseException):
+                raise item
+            elif item is not False:
+                pending.append(_arrive(item, chain, face, first, faces, frames.size))
+            if time.monotonic() >= next_step:
+                chain.process([pending.popleft() for _ in range(chain.ready(pending, opts.audio_lag_s, time.monotonic()))])
+                next_step = max(next_step + opts.hop_s, time.monotonic())
+        while not ended and (item := _nowait(q)) is not None:  # Ctrl-C: what was decoded still gets its rows
+            pending.append(_arrive(item, chain, face, first, faces, frames.size))
+        chain.process(list(pending))
+        chain.finish()
+    finally:
+        restore()
+        stop.set()
+        csv.close()
+        reader.join(timeout=1.0)
+        if not reader.is_alive():  # a reader still blocked on its source keeps the container (the process ends it)
+            container.close()
+    secs = time.monotonic() - start
+    lat = np.array(chain.latency) if chain.latency else np.zeros(1)
+    return {"live": source, "frames": chain.done, "faces": chain.faces, "seconds": round(secs, 2),
+            "frames_per_s": round(chain.done / max(secs, 1e-9), 1), "stopped": "end" if ended else "interrupt",
+            "latency_s": {f"p{p}": round(float(np.percentile(lat, p)), 3) for p in (50, 90, 99)} | {"max": round(float(lat.max()), 3)}}
+
+
+def _nowait(q: queue.Queue) -> Any:
+    """The next decoded frame already in ``q``, or None (none, or the reader's end or error)."""
+    try:
+        item = q.get_nowait()
+    except queue.Empty:
+        return None
+    return item if isinstance(item, tuple) else None
