@@ -406,14 +406,20 @@ def bench_analyze(
     video: Annotated[Path, typer.Option(help="a real video (default: a 640x360 talking face from ../shared/realmedia)")] = Path(
         "../shared/realmedia/videos/pyfeat_WolfgangLanger_Pexels.mp4"
     ),
-    work: Annotated[Path, typer.Option(help="scratch folder (synthetic models, results)")] = Path("data/bench-analyze"),
+    work: Annotated[Path, typer.Option(help="scratch folder (synthetic models, looped videos, results)")] = Path("data/bench-analyze"),
     models: Annotated[Path | None, typer.Option(help="trained models to use (default: small synthetic ones)")] = None,
+    minutes: Annotated[list[float] | None, typer.Option(help="also loop the video to this many minutes (repeatable; default 1 and 10)")] = None,
+    faces: Annotated[bool, typer.Option(help="measure detection + alignment alone")] = True,
+    live: Annotated[bool, typer.Option(help="measure --live latency with the video piped in at its frame rate")] = True,
+    jobs: Annotated[int, typer.Option(help="analyze --jobs", min=1)] = 1,
+    hop: Annotated[float, typer.Option(help="analyze --live --hop (seconds)")] = 0.5,
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Frames/s of face detection + alignment and of the whole analyze command on a video, one JSON line."""
+    """Frames/s and peak memory of analyze on a video and on 1- and 10-minute loops of it, live latency; one JSON line."""
     from pipeline.bench import analyze as bench
 
-    bench.run(video, work, models=models, params=params)
+    bench.run(video, work, models=models, params=params, minutes=tuple(minutes if minutes is not None else (1.0, 10.0)),
+              faces=faces, live=live, jobs=jobs, hop=hop)
 
 
 def main() -> None:  # console-script entry point

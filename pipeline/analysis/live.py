@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -224,17 +225,57 @@ def _sigint_flag() -> tuple[threading.Event, Callable[[], None]]:
     return stop, lambda: signal.signal(signal.SIGINT, previous)
 
 
-def _arrive(item: tuple[float, float | None, np.ndarray], chain: LiveChain, face: LiveFace, first: list[float],
-            faces: FacesConfig, size: int) -> Arrived:
-    """A decoded frame -> :class:`Arrived`: its time from the first frame (the stream's clock, or arrival times
-    when frames carry none) and its face crop."""
-    arrival, t, rgb = item
-    if not first:
-        first.append(arrival if t is None else t)
-        chain.t0 = t
-    rel = (arrival if t is None else t) - first[0]
-    lm = face(rgb)
-    return Arrived(arrival, rel, face_crop(rgb, lm, faces.jpeg_quality, size) if lm is not None else None)
+class FaceStage:
+    """Faces thread: decoded frames ``(arrival, time, rgb)`` -> :class:`Arrived` (time from the first frame on the
+    stream's clock, or by arrival when frames carry no time; the face crop), in order, then the reader's end (None)
+    or error. After Ctrl-C it finishes the frames already decoded, then ends."""
+
+    def __init__(self, face: LiveFace, cfg: FacesConfig, size: int, stop: threading.Event) -> None:
+        self.face, self.cfg, self.size, self.stop = face, cfg, size, stop
+        self.first: float | None = None  # the first frame's time (stream clock, or arrival)
+        self.t0: float | None = None  # the first frame's time on the stream's clock, when it has one
+
+    def arrive(self, arrival: float, t: float | None, rgb: np.ndarray) -> Arrived:
+        if self.first is None:
+            self.first, self.t0 = (arrival if t is None else t), t
+        lm = self.face(rgb)
+        crop = face_crop(rgb, lm, self.cfg.jpeg_quality, self.size) if lm is not None else None
+        return Arrived(arrival, (arrival if t is None else t) - self.first, crop)
+
+    def run(self, src: queue.Queue, out: queue.Queue) -> None:
+        try:
+            while True:
+                try:
+                    item = src.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():
+                        out.put(None)
+                        return
+                    continue
+                if item is None or isinstance(item, BaseException):
+                    out.put(item)
+                    return
+                out.put(self.arrive(*item))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            out.put(e)
+
+
+@torch.inference_mode()
+def warm_up(extractors: dict[str, Extractor], folds: list[Fold], detector: MTCNN, size: int, device: torch.device) -> None:
+    """One small batch through every network before the source is read: the first rows do not pay for kernel
+    selection and memory pools."""
+    detector.detect(np.zeros((120, 160, 3), np.uint8))
+    silence = LiveTrack("warm-up")
+    silence.add([np.zeros(SAMPLE_RATE, np.float32)], 0.0)
+    rows = {}
+    for m, ex in extractors.items():
+        if ex.kind == "frames":
+            rows[m] = frame_rows(ex, np.zeros((2, size, size, 3), np.uint8))
+        else:
+            rows[m] = AudioRows(ex, silence)(0, np.array([0.5, 0.54]))[0]
+    rolling = RollingWindows(folds)
+    rolling.push(rows, {m: np.ones(2, bool) for m in rows})
+    rolling.step(device)
 
 
 def analyze_live(
@@ -243,59 +284,63 @@ def analyze_live(
 ) -> dict[str, Any]:
     """Analyse ``source`` until it ends or Ctrl-C; rows to ``csv_target`` (``-``: stdout). Returns the summary:
     frames, faces, seconds, frames/s, latency percentiles, how it stopped."""
+    detector = MTCNN(faces.min_face, faces.thresholds, faces.backend, threads=1, providers=opts.providers)
+    warm_up(extractors, folds, detector, frames.size, device)
+    print(f"live: ready, reading {source}", file=sys.stderr, flush=True)  # what a feeding process may wait for
     container = open_live(source)
     audio = bool(container.streams.audio) and any(ex.kind == "audio" for ex in extractors.values())
     track = LiveTrack(key=f"live:{source}") if audio else None
     fps = float(container.streams.video[0].average_rate or 25.0)
-    detector = MTCNN(faces.min_face, faces.thresholds, faces.backend, threads=1, providers=opts.providers)
-    face = LiveFace(faces, detector, fps)
+    stop, restore = _sigint_flag()
+    stage = FaceStage(LiveFace(faces, detector, fps), faces, frames.size, stop)
+    decoded: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    arrived: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    threads = [threading.Thread(target=read_source, args=(container, track, decoded, stop), daemon=True),
+               threading.Thread(target=stage.run, args=(decoded, arrived), daemon=True)]
     csv = CsvRows.live_target(csv_target)
     chain = LiveChain(extractors, folds, frames, post, device, track, csv)
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
-    stop, restore = _sigint_flag()
-    reader = threading.Thread(target=read_source, args=(container, track, q, stop), daemon=True, name="live-reader")
-    reader.start()
-    pending: deque[Arrived] = deque()
-    first: list[float] = []
-    start, ended = time.monotonic(), False
-    next_step = start + opts.hop_s
+    start = time.monotonic()
     try:
-        while not ended and not stop.is_set():
-            try:
-                item = q.get(timeout=max(0.0, min(0.05, next_step - time.monotonic())))
-            except queue.Empty:
-                item = False
-            if item is None:
-                ended = True
-            elif isinstance(item, BaseException):
-                raise item
-            elif item is not False:
-                pending.append(_arrive(item, chain, face, first, faces, frames.size))
-            if time.monotonic() >= next_step:
-                chain.process([pending.popleft() for _ in range(chain.ready(pending, opts.audio_lag_s, time.monotonic()))])
-                next_step = max(next_step + opts.hop_s, time.monotonic())
-        while not ended and (item := _nowait(q)) is not None:  # Ctrl-C: what was decoded still gets its rows
-            pending.append(_arrive(item, chain, face, first, faces, frames.size))
-        chain.process(list(pending))
-        chain.finish()
+        for t in threads:
+            t.start()
+        _loop(chain, stage, arrived, opts)
+        interrupted = stop.is_set()
     finally:
         restore()
         stop.set()
         csv.close()
-        reader.join(timeout=1.0)
-        if not reader.is_alive():  # a reader still blocked on its source keeps the container (the process ends it)
+        for t in threads:
+            t.join(timeout=1.0)
+        if not threads[0].is_alive():  # a reader still blocked on its source keeps the container (the process ends it)
             container.close()
     secs = time.monotonic() - start
     lat = np.array(chain.latency) if chain.latency else np.zeros(1)
     return {"live": source, "frames": chain.done, "faces": chain.faces, "seconds": round(secs, 2),
-            "frames_per_s": round(chain.done / max(secs, 1e-9), 1), "stopped": "end" if ended else "interrupt",
+            "frames_per_s": round(chain.done / max(secs, 1e-9), 1),
+            "stopped": "interrupt" if interrupted else "end", "hop_s": opts.hop_s, "audio_lag_s": opts.audio_lag_s,
             "latency_s": {f"p{p}": round(float(np.percentile(lat, p)), 3) for p in (50, 90, 99)} | {"max": round(float(lat.max()), 3)}}
 
 
-def _nowait(q: queue.Queue) -> Any:
-    """The next decoded frame already in ``q``, or None (none, or the reader's end or error)."""
-    try:
-        item = q.get_nowait()
-    except queue.Empty:
-        return None
-    return item if isinstance(item, tuple) else None
+def _loop(chain: LiveChain, stage: FaceStage, arrived: queue.Queue, opts: LiveOptions) -> None:
+    """Collect the frames with their faces; every hop, analyse those whose audio is in; at the end (or after
+    Ctrl-C, once the frames already decoded have their faces) analyse the rest and flush the smoother."""
+    pending: deque[Arrived] = deque()
+    next_step = time.monotonic() + opts.hop_s
+    while True:
+        try:
+            item = arrived.get(timeout=max(0.0, next_step - time.monotonic()))
+        except queue.Empty:
+            item = False
+        if item is None:
+            break
+        if isinstance(item, BaseException):
+            raise item
+        if item is not False:
+            pending.append(item)
+            chain.t0 = stage.t0
+            continue
+        ready = chain.ready(pending, opts.audio_lag_s, time.monotonic())
+        chain.process([pending.popleft() for _ in range(ready)])
+        next_step = max(next_step + opts.hop_s, time.monotonic())
+    chain.process(list(pending))
+    chain.finish()

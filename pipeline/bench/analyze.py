@@ -1,18 +1,20 @@
-"""``python -m pipeline bench analyze``: frames per second of face detection + alignment and of the whole
-``analyze`` command on one real video, one JSON line.
+"""``python -m pipeline bench analyze``: speed and memory of ``analyze`` on real video, one JSON line.
 
-- ``decode_fps``: decoding alone (PyAV, RGB frames), for reference.
-- ``faces_fps``: detection, tracking and alignment (no decoding, no JPEG writing), with ``faces.detect_every`` as in
-  params, and ``faces_fps_every_frame`` with the full cascade on every frame; ``found`` / ``found_every_frame`` are
-  the shares of frames with a face, and ``eye_px`` / ``eye_iod`` the mean distance between the eyes the two modes
-  give on the same frames (pixels, and over the inter-ocular distance): whether following between detections is
-  "equal and faster".
-- ``faces_fps_opencv`` (or ``_onnxruntime``): the same with the other runtime for the ONNX nets.
-- ``analyze_fps``: ``python -m pipeline analyze VIDEO`` as a user runs it (a new process: imports, networks built,
-  faces, prepare, extract, predict, CSV and PNG), decoded frames over wall-clock seconds; ``analyze_s`` the seconds
-  and ``phases_s`` where they went (the command's own closing line; imports and start-up are the difference);
-  ``analyze_cpu_s`` its CPU seconds, user + system, all threads and processes (on a shared machine wall-clock time
-  includes waiting for the others; on ``cpus`` idle cores it cannot go below ``analyze_cpu_s / cpus``).
+- ``faces``: detection, tracking and alignment on the decoded frames of ``--video`` (no decoding, no JPEG):
+  ``faces_fps`` with ``faces.detect_every`` as in params, ``faces_fps_every_frame`` with the full cascade on every
+  frame, ``found`` / ``found_every_frame`` the shares of frames with a face, ``eye_px`` / ``eye_iod`` how far apart the
+  two modes put the eyes (pixels, and over the inter-ocular distance), ``faces_fps_opencv`` (or ``_onnxruntime``)
+  the other runtime for the ONNX nets; ``decode_fps`` decoding alone.
+- ``analyze``: ``python -m pipeline analyze VIDEO`` as a user runs it (a new process: imports, networks, both
+  passes, models, CSV and PNG) on ``--video`` and on videos of ``--minutes`` made by looping it (packets copied,
+  no re-encoding: :func:`remux`): per run ``fps`` (decoded frames over wall-clock seconds), ``seconds``,
+  ``cpu_s`` (user + system of the whole process tree), ``peak_rss_mb`` (the largest sum of the resident memory of
+  the command and its worker processes, sampled every 50 ms) and ``main_rss_mb`` (the command's own peak).
+  ``ratios``: frames/s and peak RSS of the longest run over the shortest (targets: frames/s within 10 %, memory at
+  most 1.2 x).
+- ``live``: ``--video`` remuxed to MPEG-TS and written into ``analyze --live -`` at its own frame rate (once the
+  command says it is ready, as a camera would be opened); ``latency_s`` percentiles of the rows' ``latency_s``
+  (wall seconds from a frame's arrival to its row), and ``fps`` (rows over the stream's seconds).
 
 Models: ``--models`` (whose recorded extractors must match params) or, by default, small fusion models trained for
 one epoch on synthetic features (:func:`make_models`, random-init extractors): speed does not depend on what the
@@ -122,15 +124,6 @@ def faces_rate(
     return len(frames) / (time.perf_counter() - t0), marks
 
 
-def _children_cpu() -> float:
-    """User + system CPU seconds of finished child processes (on a shared machine, wall-clock time also counts the
-    others' work; CPU time does not)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def random_init_params(params: Path, dst: Path) -> Path:
     """A copy of ``params`` at ``dst`` whose extractors have no weights files: the synthetic models stand in for any
     backbone (speed does not depend on the weights), so the benchmark runs before `dvc repro` made one."""
@@ -145,14 +138,8 @@ def random_init_params(params: Path, dst: Path) -> Path:
     return dst
 
 
-def run(video: Path, work: Path, models: Path | None = None, params: Path = config.DEFAULT_PARAMS) -> dict:
-    video, work = Path(video), Path(work)
-    if not video.is_file():
-        raise InputError(f"{video}: no such video (pass --video; the default is a recording from ../shared/realmedia)")
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = config.section("faces", params)
-    fps, _ = stream_rate(video)
-
+def faces_figures(video: Path, cfg: config.FacesConfig) -> dict[str, Any]:
+    """The ``faces`` figures (see the module docstring)."""
     t0 = time.perf_counter()
     frames = [rgb for _, rgb in decode_frames(video)]
     decode_fps = len(frames) / (time.perf_counter() - t0)
@@ -164,41 +151,138 @@ def run(video: Path, work: Path, models: Path | None = None, params: Path = conf
     both = [(a, b) for a, b in zip(marks, marks_full) if a is not None and b is not None]
     eye = [np.linalg.norm(a[:2] - b[:2], axis=1).mean() for a, b in both]
     iod = [np.linalg.norm(b[0] - b[1]) for _, b in both]
-
-    label = "given"
-    if models is None:
-        params = random_init_params(params, work / "params-random-init.yaml")
-        models, label = make_models(work / "synthetic", params), "synthetic, one epoch, random-init extractors"
-    out = work / "results"
-    cmd = [sys.executable, "-m", "pipeline", "analyze", str(video), "--models", str(models), "--out", str(out),
-           "--params", str(params), "--device", "cpu"]
-    t0, cpu0 = time.perf_counter(), _children_cpu()
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    secs, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
-    if p.returncode != 0:
-        raise InputError(f"analyze failed on {video}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
-    line = {
-        "bench": "analyze",
-        "video": video.name,
-        "size": f"{w}x{h}",
-        "fps": round(fps, 3),
-        "frames": len(frames),
-        "decode_fps": round(decode_fps, 1),
-        "faces_fps": round(fast, 1),
-        "detect_every": cfg.detect_every,
-        "faces_fps_every_frame": round(full, 1),
+    return {
+        "size": f"{w}x{h}", "frames": len(frames), "decode_fps": round(decode_fps, 1), "faces_fps": round(fast, 1),
+        "detect_every": cfg.detect_every, "faces_fps_every_frame": round(full, 1),
         "found": round(float(np.mean([m is not None for m in marks])), 4),
         "found_every_frame": round(float(np.mean([m is not None for m in marks_full])), 4),
         "eye_px": round(float(np.mean(eye)), 2) if eye else None,
         "eye_iod": round(float(np.mean(np.array(eye) / np.array(iod))), 4) if eye else None,
-        "backend": cfg.backend,
-        f"faces_fps_{other}": round(other_fps, 1),
-        "analyze_fps": round(len(frames) / secs, 1),
-        "analyze_s": round(secs, 2),
-        "analyze_cpu_s": round(cpu, 2),
-        "phases_s": json.loads(p.stdout.strip().splitlines()[-1]).get("phases_s"),
-        "models": label,
-        "cpus": len(os.sched_getaffinity(0)),
+        "backend": cfg.backend, f"faces_fps_{other}": round(other_fps, 1),
     }
+
+
+def tree_rss(proc: Any) -> int:
+    """Bytes resident in ``proc`` (a psutil.Process) and all its descendants now."""
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # ended between the listing and the reading
+            pass
+    return total
+
+
+def timed_run(cmd: list[str], stdin: Any = None) -> dict[str, Any]:
+    """Run ``cmd`` (stdout captured), sampling its process tree's memory every 50 ms: seconds, CPU seconds of the
+    tree, peak tree RSS and the command's own peak RSS (MB), and its last stdout line."""
+    import psutil
+
+    import tempfile
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        p = psutil.Popen(cmd, stdin=stdin, stdout=out_f, stderr=err_f, env={**os.environ, "TQDM_DISABLE": "1"})
+        peak = main_peak = 0
+        cpu: dict[int, float] = {}  # per process of the tree: the latest user + system seconds seen
+        while p.poll() is None:
+            try:
+                peak, main_peak = max(peak, tree_rss(p)), max(main_peak, p.memory_info().rss)
+            except psutil.Error:  # it has just ended
+                break
+            for q in [p, *p.children(recursive=True)]:
+                try:
+                    t = q.cpu_times()
+                    cpu[q.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+        p.wait()
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    if p.returncode != 0:
+        raise InputError(f"{' '.join(cmd[:4])} failed: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+    return {"seconds": time.perf_counter() - t0, "cpu_s": round(sum(cpu.values()), 1), "peak_rss_mb": round(peak / 2**20),
+            "main_rss_mb": round(main_peak / 2**20), "summary": json.loads(out.strip().splitlines()[-1])}
+
+
+def analyze_figures(video: Path, minutes: tuple[float, ...], work: Path, base_cmd: list[str]) -> dict[str, Any]:
+    """The ``analyze`` figures: the video itself, then each length of ``minutes`` made by looping it."""
+    from pipeline.io.media import probe_video
+
+    period = probe_video(video).n_frames / probe_video(video).fps
+    runs = {}
+    for m in (0.0, *minutes):
+        src = video
+        if m:
+            src = work / f"{video.stem}-{m:g}min.mp4"
+            if not src.exists():
+                remux(video, src, loops=max(1, int(round(m * 60 / period))))
+        r = timed_run([*base_cmd, str(src), "--out", str(work / "results")])
+        n = r["summary"]["frames"]
+        runs[f"{m:g}min" if m else "video"] = {
+            "frames": n, "fps": round(n / r["seconds"], 1), "seconds": round(r["seconds"], 1), "cpu_s": r["cpu_s"],
+            "peak_rss_mb": r["peak_rss_mb"], "main_rss_mb": r["main_rss_mb"],
+        }
+    if len(minutes) >= 2:
+        lo, hi = runs[f"{min(minutes):g}min"], runs[f"{max(minutes):g}min"]
+        runs["ratios"] = {"fps": round(hi["fps"] / lo["fps"], 3), "peak_rss": round(hi["peak_rss_mb"] / lo["peak_rss_mb"], 3)}
+    return runs
+
+
+def live_figures(video: Path, work: Path, base_cmd: list[str], hop: float) -> dict[str, Any]:
+    """The ``live`` figures: ``video`` written into ``analyze --live -`` at its frame rate."""
+    import threading
+
+    csv_path, err_path = work / "live.csv", work / "live.err"
+    proc = subprocess.Popen([*base_cmd, "--live", "-", "--csv", str(csv_path), "--hop", str(hop)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=open(err_path, "w"), env={**os.environ, "TQDM_DISABLE": "1"})
+
+    def feed() -> None:
+        while proc.poll() is None and "live: ready" not in err_path.read_text():
+            time.sleep(0.05)
+        try:
+            remux(video, proc.stdin, fmt="mpegts", pace=1.0)
+        finally:
+            proc.stdin.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    proc.wait()
+    feeder.join()
+    if proc.returncode != 0:
+        raise InputError(f"analyze --live failed: {err_path.read_text().strip().splitlines()[-1]}")
+    rows = np.loadtxt(csv_path, delimiter=",", skiprows=1, ndmin=2)
+    lat = rows[:, 5]
+    stream_s = float(rows[-1, 1] - rows[0, 1]) + float(np.median(np.diff(rows[:, 1])))
+    return {"frames": len(rows), "hop_s": hop, "stream_s": round(stream_s, 2),
+            "latency_s": {f"p{q}": round(float(np.percentile(lat, q)), 3) for q in (50, 90, 99)} | {"max": round(float(lat.max()), 3)},
+            "summary": json.loads(err_path.read_text().strip().splitlines()[-1])}
+
+
+def run(
+    video: Path, work: Path, models: Path | None = None, params: Path = config.DEFAULT_PARAMS,
+    minutes: tuple[float, ...] = (1.0, 10.0), faces: bool = True, live: bool = True, jobs: int = 1, hop: float = 0.5,
+) -> dict:
+    """Measure what the module docstring lists and print it as one JSON line."""
+    video, work = Path(video), Path(work)
+    if not video.is_file():
+        raise InputError(f"{video}: no such video (pass --video; the default is a recording from ../shared/realmedia)")
+    work.mkdir(parents=True, exist_ok=True)
+    line: dict[str, Any] = {"bench": "analyze", "video": video.name, "fps": round(stream_rate(video)[0], 3)}
+    if faces:
+        line["faces"] = faces_figures(video, config.section("faces", params))
+    label = "given"
+    if models is None:
+        params = random_init_params(params, work / "params-random-init.yaml")
+        models, label = make_models(work / "synthetic", params), "synthetic, one epoch, random-init extractors"
+    base = [sys.executable, "-m", "pipeline", "analyze", "--models", str(models), "--params", str(params), "--device", "cpu"]
+    line["analyze"] = analyze_figures(video, tuple(minutes), work, [*base, "--jobs", str(jobs)])
+    if live:
+        line["live"] = live_figures(video, work, base, hop)
+    line.update(models=label, cpus=len(os.sched_getaffinity(0)))
     print(json.dumps(line))
     return line

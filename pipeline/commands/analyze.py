@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.analysis.backend import Backend
-from pipeline.analysis.predictor import load_folds
+from pipeline.analysis.predictor import Fold, load_folds
 from pipeline.common.config import FacesConfig, FeaturesConfig, FramesConfig, PostprocessConfig
 from pipeline.common.devices import resolve_device
 from pipeline.common.errors import InputError
@@ -170,6 +170,29 @@ def load_checked(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesC
     return fold_models, extractors
 
 
+@dataclass
+class Loaded:
+    """What both modes run: the checked extractors and the fold models on the device, the models' notes, and the
+    face detector's onnxruntime providers."""
+
+    device: Any  # torch.device
+    extractors: dict[str, Extractor]
+    folds: list[Fold]
+    notes: list[str]
+    providers: tuple
+
+
+def load_all(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesConfig, device: str) -> Loaded:
+    """:func:`load_checked` on the resolved device, the fold models loaded there, and the detector's providers (the
+    CPU's, said once, when a GPU run finds onnxruntime without CUDA)."""
+    dev = resolve_device(device)
+    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
+    providers, note = providers_for(str(dev))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return Loaded(dev, extractors, load_folds(fold_models.root, fold_models.folds, dev), fold_models.notes, providers)
+
+
 def run(
     videos: list[Path],
     models: Path,
@@ -190,32 +213,18 @@ def run(
 
     t0 = time.perf_counter()
     videos = expand_videos(videos)
-    backend, providers = _backend(models, out, frames_cfg, features_cfg, post_cfg, device, chunk)
+    ld = load_all(models, frames_cfg, features_cfg, device)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    backend = Backend(ld.extractors, ld.folds, post_cfg, ld.device, Path(out), ld.notes, chunk)
     setup_s = time.perf_counter() - t0
-    fe = FrontEnd(faces_cfg, frames_cfg, all_faces, chunk, providers)
-    summaries = run_files(videos, backend, fe, jobs, progress)
+    summaries = run_files(videos, backend, FrontEnd(faces_cfg, frames_cfg, all_faces, chunk, ld.providers), jobs, progress)
     total = time.perf_counter() - t0
     n = sum(s.frames for s in summaries)
     sys.stderr.flush()  # the progress line ends before the summary
     print(json.dumps({"analyze": len(summaries), "frames": n, "seconds": round(total, 2),
                       "frames_per_s": round(n / total, 1), "setup_s": round(setup_s, 2), "jobs": jobs, "chunk": chunk,
-                      "device": str(backend.device), "videos": [s.as_dict() for s in summaries]}))
+                      "device": str(ld.device), "videos": [s.as_dict() for s in summaries]}))
     return {p.stem: p for s in summaries for p in s.csvs}
-
-
-def _backend(models: Path, out: Path, frames_cfg: FramesConfig, features_cfg: FeaturesConfig,
-             post_cfg: PostprocessConfig, device: str, chunk: int) -> tuple[Backend, tuple]:
-    """The checked extractors and the fold models on ``device``, and the face detector's onnxruntime providers
-    (the CPU's, said once, when ``--device cuda`` finds onnxruntime without CUDA)."""
-    dev = resolve_device(device)
-    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
-    folds = load_folds(fold_models.root, fold_models.folds, dev)
-    providers, note = providers_for(str(dev))
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return Backend(extractors, folds, post_cfg, dev, out, fold_models.notes, chunk), providers
 
 
 def run_live(
@@ -234,13 +243,8 @@ def run_live(
     summary (printed as JSON on stderr)."""
     from pipeline.analysis.live import LiveOptions, analyze_live
 
-    dev = resolve_device(device)
-    fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
-    folds = load_folds(fold_models.root, fold_models.folds, dev)
-    providers, note = providers_for(str(dev))
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    opts = LiveOptions(hop_s, audio_lag_s, providers)
-    summary = analyze_live(source, csv_target, extractors, folds, faces_cfg, frames_cfg, post_cfg, dev, opts)
+    ld = load_all(models, frames_cfg, features_cfg, device)
+    opts = LiveOptions(hop_s, audio_lag_s, ld.providers)
+    summary = analyze_live(source, csv_target, ld.extractors, ld.folds, faces_cfg, frames_cfg, post_cfg, ld.device, opts)
     print(json.dumps(summary), file=sys.stderr)
     return summary

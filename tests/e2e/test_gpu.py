@@ -63,3 +63,30 @@ def test_switch_interval_is_short_during_a_cuda_run_and_restored(make_prepared, 
                 extractor=dataclasses.replace(ex, module=null))
     assert len(seen) == 3 and max(seen) <= extract.SWITCH_INTERVAL_S
     assert sys.getswitchinterval() == before
+
+
+def test_analyze_on_gpu_matches_cpu(tmp_path):
+    """`analyze --device cuda`: face nets on onnxruntime's CUDA provider where installed, extractors and fold models
+    on the GPU (float16 autocast); the curve stays close to the CPU's."""
+    import yaml
+
+    from pipeline.bench.analyze import make_models
+    from tests.helpers import REALMEDIA
+    from tests.helpers.cli import invoke
+
+    video = REALMEDIA / "videos" / "pyfeat_single_face.mp4"
+    if not video.is_file():
+        pytest.skip(f"{REALMEDIA} not present")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"model": {"tcn_channels": 8, "tcn_levels": 2, "d_model": 16, "heads": 2, "layers": 1,
+                                                "ff_dim": 32, "head_hidden": 8}, "frames": {"size": 48}}))
+    models = make_models(tmp_path / "m", params)
+    out = {}
+    for device in ("cpu", "cuda"):
+        res = invoke("analyze", video, "--models", models, "--out", tmp_path / device, "--params", params, "--device", device)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output.strip().splitlines()[-1])["device"].startswith(device)
+        out[device] = np.loadtxt(tmp_path / device / "pyfeat_single_face.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(out["cpu"][:, :2], out["cuda"][:, :2])
+    assert (out["cpu"][:, 4] == out["cuda"][:, 4]).mean() >= 0.95  # the face nets may run on CUDA's kernels
+    assert np.abs(out["cpu"][:, 2:4] - out["cuda"][:, 2:4]).mean() < 0.05  # float16 features and model

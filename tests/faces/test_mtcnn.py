@@ -102,3 +102,24 @@ def test_eyes_of_an_aligned_crop_detected_again_lie_on_the_template(realmedia, d
     assert d.mean() < 3.0, d.round(2)  # on average within 3 px: MTCNN's own landmark noise is ~2 px
     assert d.max() < 5.0, d.round(2)
 
+
+
+# ------------------------------------------------------------------------------------------------- devices
+def test_providers_for_a_device(monkeypatch):
+    """CUDA's provider where onnxruntime has it and the run is on a GPU; else the CPU's, with a note to say once."""
+    import onnxruntime as ort
+
+    assert M.providers_for("cpu") == (M.CPU_PROVIDERS, None)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    providers, note = M.providers_for("cuda")
+    assert providers == M.CPU_PROVIDERS and "no CUDAExecutionProvider" in note and "onnxruntime-gpu" in note
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers, note = M.providers_for("cuda:1")
+    assert providers == (("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider") and note is None
+
+
+def test_detector_with_explicit_cpu_providers_finds_the_same_faces(realmedia):
+    image = read_rgb(realmedia / "images" / "pyfeat_single_face.jpg")
+    a = M.MTCNN(min_face=20, backend="onnxruntime").detect(image)
+    b = M.MTCNN(min_face=20, backend="onnxruntime", providers=M.providers_for("cpu")[0]).detect(image)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
