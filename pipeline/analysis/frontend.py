@@ -4,7 +4,7 @@
    (:func:`pipeline.faces.video.follow_video`); keep per track its boxes and landmarks and the JPEG of its first
    face. Which track is whose trial is decided at the end, as for the ``crop`` stage: the main face is the largest
    track over the whole video (area x duration), so no frame can be cropped before the last one has been seen.
-   Memory: about 200 bytes per face per frame (landmarks, box), 4 kB per track.
+   Memory: 72 bytes per face and frame (:class:`~pipeline.faces.video.Track`), 4 kB per track.
 2. :func:`crop_chunks`, the crop pass: decode again, crop each trial's face where its track has one
    (:func:`pipeline.analysis.crops.face_crop`), fill the other frames (:class:`~pipeline.analysis.crops.CropFill`),
    and hand over ``chunk`` frames at a time (:class:`FrameChunk`).
@@ -115,10 +115,18 @@ class _TrialCrops:
     """One trial's crops for the frames of the current chunk."""
 
     def __init__(self, track: Track | None, first: bytes | None, frames: FramesConfig, chunk: int) -> None:
-        self.landmarks = dict(zip(track.frames, track.landmarks)) if track is not None else {}
+        self.track, self.next = track, 0  # the next of the track's frames (in frame order) to crop
         self.fill = CropFill(frames.missing, decode_crop(first, frames.size) if first is not None else None)
         self.crops = np.zeros((chunk, frames.size, frames.size, 3), dtype=np.uint8)
         self.face = np.zeros(chunk, dtype=bool)
+
+    def landmarks(self, i: int) -> np.ndarray | None:
+        """(5, 2) landmarks of the trial's face in frame ``i`` (frames come in order), or None."""
+        t = self.track
+        if t is None or self.next >= len(t.frames) or t.frames[self.next] != i:
+            return None
+        self.next += 1
+        return t.landmarks[self.next - 1]
 
     def take(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's first ``k`` frames, filled; the buffers are reset for the next chunk."""
@@ -136,7 +144,7 @@ def crop_chunks(plan: VideoPlan, faces: FacesConfig, frames: FramesConfig, chunk
     for i, (_, rgb) in enumerate(read_ahead(decode_frames(h.path))):
         j = i - lo
         for tc in trials.values():
-            lm = tc.landmarks.pop(i, None)
+            lm = tc.landmarks(i)
             if lm is not None:
                 tc.crops[j] = face_crop(rgb, lm, faces.jpeg_quality, frames.size)
                 tc.face[j] = True

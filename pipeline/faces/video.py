@@ -27,32 +27,54 @@ from pipeline.faces.tracker import IoUTracker
 from pipeline.io.media import VideoDecoder, VideoInfo, stream_rate
 
 
-@dataclass
 class Track:
-    """One face over time: 0-based frame indices (n,), boxes (n, 4), scores (n,), landmarks (n, 5, 2)."""
+    """One face over time: 0-based frame indices int64 (n,), boxes float32 (n, 4), scores float32 (n,), landmarks
+    float32 (n, 5, 2). Held in arrays that grow by doubling (72 bytes per frame, not a Python object per value), so
+    the tracks of an hour-long video stay a few megabytes."""
 
-    id: int
-    frames: list[int] = field(default_factory=list)
-    boxes: list[np.ndarray] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    landmarks: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, id: int) -> None:
+        self.id = id
+        self._n = 0
+        self._frames = np.zeros(64, np.int64)
+        self._boxes = np.zeros((64, 4), np.float32)
+        self._scores = np.zeros(64, np.float32)
+        self._landmarks = np.zeros((64, 5, 2), np.float32)
 
     def add(self, frame: int, box: np.ndarray, score: float, landmarks: np.ndarray) -> None:
-        self.frames.append(frame)
-        self.boxes.append(box)
-        self.scores.append(score)
-        self.landmarks.append(landmarks)
+        if self._n == len(self._frames):
+            grow = lambda a: np.concatenate([a, np.zeros_like(a)])  # noqa: E731
+            self._frames, self._boxes = grow(self._frames), grow(self._boxes)
+            self._scores, self._landmarks = grow(self._scores), grow(self._landmarks)
+        i = self._n
+        self._frames[i], self._boxes[i], self._scores[i], self._landmarks[i] = frame, box, score, landmarks
+        self._n += 1
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self._frames[: self._n]
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self._boxes[: self._n]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._scores[: self._n]
+
+    @property
+    def landmarks(self) -> np.ndarray:
+        return self._landmarks[: self._n]
 
     @property
     def size(self) -> float:
         """Area x duration: the sum over its frames of the box area, in pixels x frames."""
-        b = np.asarray(self.boxes).reshape(-1, 4)
+        b = self.boxes.astype(np.float64)
         return float(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum())
 
     @property
     def centre_x(self) -> float:
         """Mean horizontal centre of its boxes, in pixels."""
-        b = np.asarray(self.boxes).reshape(-1, 4)
+        b = self.boxes.astype(np.float64)
         return float(((b[:, 0] + b[:, 2]) / 2).mean())
 
 

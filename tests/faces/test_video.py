@@ -64,7 +64,7 @@ def test_following_between_detections_finds_the_same_faces_as_detecting_every_fr
         cfg = FacesConfig(detect_every=k)
         runs[k] = follow_video(path, cfg, M.MTCNN(cfg.min_face, cfg.thresholds, cfg.backend))
     main = {k: v.ranked()[0] for k, v in runs.items()}
-    assert main[1].frames == main[5].frames == list(range(runs[1].n_frames))
+    assert main[1].frames.tolist() == main[5].frames.tolist() == list(range(runs[1].n_frames))
     a, b = np.array(main[5].landmarks), np.array(main[1].landmarks)  # (n, 5, 2)
     eye = np.linalg.norm(a[:, :2] - b[:, :2], axis=2).mean(axis=1)
     iod = np.linalg.norm(b[:, 0] - b[:, 1], axis=1)
