@@ -52,6 +52,7 @@ class VideoSummary:
     faces: int
     seconds: float
     csvs: list[Path]
+    face_pass_s: float = 0.0  # of ``seconds``: the face pass (the models wait for it)
 
     @property
     def frames_per_s(self) -> float:
@@ -59,7 +60,7 @@ class VideoSummary:
 
     def as_dict(self) -> dict:
         return {"video": str(self.path), "frames": self.frames, "faces": self.faces, "seconds": round(self.seconds, 2),
-                "frames_per_s": round(self.frames_per_s, 1)}
+                "frames_per_s": round(self.frames_per_s, 1), "face_pass_s": round(self.face_pass_s, 2)}
 
 
 class VideoState:
@@ -177,7 +178,7 @@ class Backend:
         if not any(t.face.any() for t in v.trials.values()):
             print(f"warning: {h.path}: no face found in {h.n_frames} frames; face is 0 in every row", file=sys.stderr)
         seconds = h.faces_s + time.perf_counter() - v.started
-        return VideoSummary(h.path, h.n_frames, faces, seconds, csvs)
+        return VideoSummary(h.path, h.n_frames, faces, seconds, csvs, h.faces_s)
 
     def abort(self) -> None:
         """Remove the partial CSVs of every video still open (an error or Ctrl-C)."""

@@ -18,6 +18,7 @@ import queue
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,11 @@ class Bars:
         self.bar.close()
 
 
-def run_files(videos: list[Path], backend: Backend, fe: FrontEnd, jobs: int, progress: bool) -> list[VideoSummary]:
-    """Analyse ``videos`` (paths with distinct stems); returns one summary per video, in the order they finished."""
+def run_files(
+    videos: list[Path], make_backend: Callable[[], Backend], fe: FrontEnd, jobs: int, progress: bool
+) -> list[VideoSummary]:
+    """Analyse ``videos`` (paths with distinct stems); returns one summary per video, in the order they finished.
+    The workers start first: their face passes run while ``make_backend`` builds the networks."""
     ctx = mp.get_context("forkserver" if sys.platform == "linux" else "spawn")
     jobs = max(1, min(jobs, len(videos)))
     tasks, results = ctx.Queue(), ctx.Queue(maxsize=QUEUE_DEPTH * jobs + 8)
@@ -111,11 +115,14 @@ def run_files(videos: list[Path], backend: Backend, fe: FrontEnd, jobs: int, pro
     procs = [ctx.Process(target=worker, args=(tasks, results, fe), daemon=True) for _ in range(jobs)]
     for p in procs:
         p.start()
+    backend: Backend | None = None
     bars = Bars(videos, progress)
     try:
+        backend = make_backend()
         return _drive(videos, backend, results, procs, bars)
     except BaseException:
-        backend.abort()
+        if backend is not None:
+            backend.abort()
         raise
     finally:
         for p in procs:

@@ -172,25 +172,27 @@ def load_checked(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesC
 
 @dataclass
 class Loaded:
-    """What both modes run: the checked extractors and the fold models on the device, the models' notes, and the
-    face detector's onnxruntime providers."""
+    """What both modes run: the checked extractors and the fold models on the device, and the models' notes."""
 
     device: Any  # torch.device
     extractors: dict[str, Extractor]
     folds: list[Fold]
     notes: list[str]
-    providers: tuple
 
 
 def load_all(models: Path, frames_cfg: FramesConfig, features_cfg: FeaturesConfig, device: str) -> Loaded:
-    """:func:`load_checked` on the resolved device, the fold models loaded there, and the detector's providers (the
-    CPU's, said once, when a GPU run finds onnxruntime without CUDA)."""
+    """:func:`load_checked` on the resolved device, and the fold models loaded there."""
     dev = resolve_device(device)
     fold_models, extractors = load_checked(models, frames_cfg, features_cfg, str(dev))
+    return Loaded(dev, extractors, load_folds(fold_models.root, fold_models.folds, dev), fold_models.notes)
+
+
+def detector_providers(dev: Any) -> tuple:
+    """The face detector's onnxruntime providers on ``dev``; the reason, once, when a GPU run gets the CPU's."""
     providers, note = providers_for(str(dev))
     if note:
         print(f"note: {note}", file=sys.stderr)
-    return Loaded(dev, extractors, load_folds(fold_models.root, fold_models.folds, dev), fold_models.notes, providers)
+    return providers
 
 
 def run(
@@ -213,17 +215,24 @@ def run(
 
     t0 = time.perf_counter()
     videos = expand_videos(videos)
-    ld = load_all(models, frames_cfg, features_cfg, device)
+    dev = resolve_device(device)
     Path(out).mkdir(parents=True, exist_ok=True)
-    backend = Backend(ld.extractors, ld.folds, post_cfg, ld.device, Path(out), ld.notes, chunk)
-    setup_s = time.perf_counter() - t0
-    summaries = run_files(videos, backend, FrontEnd(faces_cfg, frames_cfg, all_faces, chunk, ld.providers), jobs, progress)
+    setup_s = 0.0
+
+    def make_backend() -> Backend:  # while the workers start their face passes
+        nonlocal setup_s
+        ld = load_all(models, frames_cfg, features_cfg, str(dev))
+        setup_s = time.perf_counter() - t0
+        return Backend(ld.extractors, ld.folds, post_cfg, ld.device, Path(out), ld.notes, chunk)
+
+    fe = FrontEnd(faces_cfg, frames_cfg, all_faces, chunk, detector_providers(dev))
+    summaries = run_files(videos, make_backend, fe, jobs, progress)
     total = time.perf_counter() - t0
     n = sum(s.frames for s in summaries)
     sys.stderr.flush()  # the progress line ends before the summary
     print(json.dumps({"analyze": len(summaries), "frames": n, "seconds": round(total, 2),
                       "frames_per_s": round(n / total, 1), "setup_s": round(setup_s, 2), "jobs": jobs, "chunk": chunk,
-                      "device": str(ld.device), "videos": [s.as_dict() for s in summaries]}))
+                      "device": str(dev), "videos": [s.as_dict() for s in summaries]}))
     return {p.stem: p for s in summaries for p in s.csvs}
 
 
@@ -244,7 +253,7 @@ def run_live(
     from pipeline.analysis.live import LiveOptions, analyze_live
 
     ld = load_all(models, frames_cfg, features_cfg, device)
-    opts = LiveOptions(hop_s, audio_lag_s, ld.providers)
+    opts = LiveOptions(hop_s, audio_lag_s, detector_providers(ld.device))
     summary = analyze_live(source, csv_target, ld.extractors, ld.folds, faces_cfg, frames_cfg, post_cfg, ld.device, opts)
     print(json.dumps(summary), file=sys.stderr)
     return summary
