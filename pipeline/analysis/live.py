@@ -1,8 +1,7 @@
 """``analyze --live SOURCE``: a camera, a network stream or a stream on stdin, one row per frame as it goes.
 
-A reader thread decodes the source (:func:`pipeline.io.media.decode_live`): frames into a bounded queue with the
-wall time they came out of the decoder, audio into a :class:`~pipeline.analysis.audio.LiveTrack`. The main thread
-finds each frame's face as it arrives; every ``hop`` seconds it takes the frames whose audio is in (``audio_lag``
+The feed (:mod:`pipeline.analysis.feed`) decodes the source in one thread and finds each frame's face in another,
+as frames arrive; every ``hop`` seconds the main thread takes the frames whose audio is in (``audio_lag``
 seconds of track past the frame: VGGish's example reaches 0.49 s ahead) through the same parts as a file
 (crops filled, extractors, the fold models, smoothing) and writes their rows, each with ``latency_s``: wall seconds
 from the frame's arrival to its row being written. A row is written at most one hop (plus ``audio_lag``, plus the
@@ -41,12 +40,11 @@ import torch
 from pipeline.common.config import FacesConfig, FramesConfig, PostprocessConfig
 from pipeline.extractors import Extractor
 from pipeline.faces.mtcnn import MTCNN
-from pipeline.faces.tracker import IoUTracker
-from pipeline.faces.video import FaceFollower
-from pipeline.io.media import decode_live, open_live
+from pipeline.io.media import open_live
 from pipeline.io.timebase import SAMPLE_RATE
 from pipeline.analysis.audio import LiveTrack
-from pipeline.analysis.crops import CropFill, face_crop
+from pipeline.analysis.crops import CropFill
+from pipeline.analysis.feed import Arrived, FaceStage, LiveFace, read_source
 from pipeline.analysis.features import AudioRows, frame_rows
 from pipeline.analysis.predictor import Fold, RollingWindows
 from pipeline.analysis.smoother import StreamingSmoother
@@ -61,74 +59,6 @@ class LiveOptions:
     hop_s: float  # seconds between model runs
     audio_lag_s: float  # seconds of audio past a frame before it is analysed
     providers: tuple[Any, ...]  # onnxruntime providers of the face detector
-
-
-@dataclass
-class Arrived:
-    """A decoded frame: its wall-clock arrival (``time.monotonic``), its time in seconds from the first frame, and
-    its face crop (uint8 (S, S, 3); None: no face)."""
-
-    arrival: float
-    time: float
-    crop: np.ndarray | None
-
-
-class LiveFace:
-    """The landmarks of the face to analyse in each frame of a live stream (see the module docstring)."""
-
-    def __init__(self, cfg: FacesConfig, detector: MTCNN, fps: float) -> None:
-        gap = max(0, int(round(cfg.max_gap * fps)))
-        self.follower = FaceFollower(detector, cfg.detect_every, IoUTracker(iou_min=cfg.iou, max_gap=gap))
-        self.min_frames, self.gap = max(1, int(round(cfg.min_track * fps))), gap
-        self.size: dict[int, float] = {}  # track id -> sum of box areas so far
-        self.frames: dict[int, int] = {}  # track id -> frames seen
-        self.last: dict[int, int] = {}  # track id -> last frame seen
-        self.i = -1
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        """(5, 2) landmarks of the chosen face in ``rgb``, or None."""
-        self.i += 1
-        faces, ids = self.follower.step(rgb)
-        best, best_size = None, -1.0
-        for k, tid in enumerate(int(t) for t in ids):
-            b = faces.boxes[k]
-            self.size[tid] = self.size.get(tid, 0.0) + float((b[2] - b[0]) * (b[3] - b[1]))
-            self.frames[tid] = self.frames.get(tid, 0) + 1
-            self.last[tid] = self.i
-            if self.frames[tid] >= self.min_frames and self.size[tid] > best_size:
-                best, best_size = faces.landmarks[k], self.size[tid]
-        for tid in [t for t, f in self.last.items() if self.i - f > self.gap + 1]:  # tracks that cannot come back
-            del self.size[tid], self.frames[tid], self.last[tid]
-        return best
-
-
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    """Queue ``item`` unless the analysis has stopped (then False): a full queue never blocks the thread for good."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def read_source(container: Any, track: LiveTrack | None, frames: queue.Queue, stop: threading.Event) -> None:
-    """Reader thread: decoded frames ``(arrival, time, rgb)`` into ``frames``, audio into ``track``; then None (or
-    the exception that ended it)."""
-    try:
-        for kind, a, b in decode_live(container):
-            if kind == "video":
-                if not _put(frames, (time.monotonic(), a, b), stop):
-                    return
-            elif track is not None:
-                track.add(a, b)
-        _put(frames, None, stop)
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread
-        _put(frames, e, stop)
-    finally:
-        if track is not None:
-            track.end()
 
 
 class LiveChain:
@@ -223,41 +153,6 @@ def _sigint_flag() -> tuple[threading.Event, Callable[[], None]]:
 
     signal.signal(signal.SIGINT, handler)
     return stop, lambda: signal.signal(signal.SIGINT, previous)
-
-
-class FaceStage:
-    """Faces thread: decoded frames ``(arrival, time, rgb)`` -> :class:`Arrived` (time from the first frame on the
-    stream's clock, or by arrival when frames carry no time; the face crop), in order, then the reader's end (None)
-    or error. After Ctrl-C it finishes the frames already decoded, then ends."""
-
-    def __init__(self, face: LiveFace, cfg: FacesConfig, size: int, stop: threading.Event) -> None:
-        self.face, self.cfg, self.size, self.stop = face, cfg, size, stop
-        self.first: float | None = None  # the first frame's time (stream clock, or arrival)
-        self.t0: float | None = None  # the first frame's time on the stream's clock, when it has one
-
-    def arrive(self, arrival: float, t: float | None, rgb: np.ndarray) -> Arrived:
-        if self.first is None:
-            self.first, self.t0 = (arrival if t is None else t), t
-        lm = self.face(rgb)
-        crop = face_crop(rgb, lm, self.cfg.jpeg_quality, self.size) if lm is not None else None
-        return Arrived(arrival, (arrival if t is None else t) - self.first, crop)
-
-    def run(self, src: queue.Queue, out: queue.Queue) -> None:
-        try:
-            while True:
-                try:
-                    item = src.get(timeout=0.1)
-                except queue.Empty:
-                    if self.stop.is_set():
-                        out.put(None)
-                        return
-                    continue
-                if item is None or isinstance(item, BaseException):
-                    out.put(item)
-                    return
-                out.put(self.arrive(*item))
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            out.put(e)
 
 
 @torch.inference_mode()

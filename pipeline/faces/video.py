@@ -14,7 +14,7 @@ track, and with two people the two largest are the left and the right one (by me
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
