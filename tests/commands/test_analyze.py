@@ -309,6 +309,30 @@ def test_foundation_model_identities_are_checked(tmp_path):
         analyze.check_extractors(fold, {"wavlm": analyze.build("wavlm", AudioModelConfig(model=str(other)), 48, "cpu")})
 
 
+@pytest.mark.realmedia
+def test_streaming_equals_the_stages_with_foundation_model_stores(realmedia, tmp_path):
+    """Models trained on a transformers-audio (WavLM) and a transformers-image (ViT) store beside MFCC: the streaming
+    chain gives the stages' numbers across chunk seams, the audio's chunk grid and its whole-track normalisation
+    included."""
+    from tests.helpers import backbones
+
+    wavlm, vit = backbones.transformers_audio(tmp_path / "wavlm"), backbones.transformers_image(tmp_path / "vit")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "model": {**SMALL_MODEL, "modalities": ["vit", "wavlm", "mfcc"]}, "frames": {"size": 48},
+        "postprocess": {"method": "moving_average", "window": [5, 5]},
+        "features": {"iresnet": {}, "vggish": {}, "mfcc": {},
+                     "wavlm": {"kind": "transformers-audio", "model": str(wavlm), "chunk_seconds": 1.0},
+                     "vit": {"kind": "transformers-image", "model": str(vit)}},
+    }))
+    models = make_models(tmp_path / "trained", params)
+    video = realmedia / "videos" / "pyfeat_single_face.mp4"
+    res = run_cli([str(video), "--models", str(models), "--out", str(tmp_path / "out"), "--chunk", "16"], params)
+    assert res.exit_code == 0, res.output
+    diffs = max_differences(models, params, [video], tmp_path / "out", tmp_path / "ref")
+    assert diffs["pyfeat_single_face"] < 2e-6, diffs
+
+
 # ------------------------------------------------------------------------------------------------------ live
 def start_live(models: Path, params: Path, video: Path, csv_path: Path, loops: int = 1) -> subprocess.Popen:
     """``analyze --live -`` in a new process, fed ``video`` remuxed to MPEG-TS at its own frame rate on stdin once
