@@ -93,7 +93,7 @@ def test_stages_run_as_slurm_jobs_two_at_once(slurm, on_slurm):
     repo, stdout = on_slurm
     ids = job_ids(stdout)
     assert set(ids) == {"demo", "crop", "scan", "backbone", "prepare", "split", "extract@iresnet", "extract@vggish",
-                        "extract@mfcc", "train@0", "train@1", "train@2", "evaluate", "predict"}
+                        "extract@mfcc", "modalities", "train@0", "train@1", "train@2", "evaluate", "predict"}
     states = sh(["squeue", "--noheader", "--states=all", "--format=%i %T", f"--jobs={','.join(ids.values())}"], repo,
                 env=slurm.env)
     assert {line.split()[1] for line in states.splitlines()} == {"COMPLETED"}, states
@@ -164,7 +164,7 @@ def test_a_job_cancelled_mid_stage_then_a_rerun_equals_an_uninterrupted_run(slur
                        env=slurm.env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     shards = {f"{step}.shard0of2", f"{step}.shard1of2"}
-    assert set(job_ids(p.stdout)) == {"scan", *shards, step, "train@0", "train@1", "train@2", "evaluate", "predict"}, p.stdout
+    assert set(job_ids(p.stdout)) == {"scan", *shards, step, "modalities", "train@0", "train@1", "train@2", "evaluate", "predict"}, p.stdout
     assert f"{step}: job {job_ids(p.stdout)[step]}, after {step}.shard0of2, {step}.shard1of2" in p.stdout
     r = results(repo)
     assert {r[s]["outcome"] for s in shards} == {"ran"} and r[step]["outcome"] == "ran"
