@@ -413,13 +413,15 @@ def bench_analyze(
     live: Annotated[bool, typer.Option(help="measure --live latency with the video piped in at its frame rate")] = True,
     jobs: Annotated[int, typer.Option(help="analyze --jobs", min=1)] = 1,
     hop: Annotated[float, typer.Option(help="analyze --live --hop (seconds)")] = 0.5,
+    device: Annotated[str, typer.Option(help="analyze --device, and where the networks are timed alone")] = "cpu",
     params: ParamsOpt = config.DEFAULT_PARAMS,
 ) -> None:
-    """Frames/s and peak memory of analyze on a video and on 1- and 10-minute loops of it, live latency; one JSON line."""
+    """Frames/s and peak memory of analyze on a video and on 1- and 10-minute loops of it, live latency, the networks
+    alone; one JSON line."""
     from pipeline.bench import analyze as bench
 
     bench.run(video, work, models=models, params=params, minutes=tuple(minutes if minutes is not None else (1.0, 10.0)),
-              faces=faces, live=live, jobs=jobs, hop=hop)
+              faces=faces, live=live, jobs=jobs, hop=hop, device=device)
 
 
 def main() -> None:  # console-script entry point

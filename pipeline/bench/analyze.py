@@ -15,6 +15,10 @@
 - ``live``: ``--video`` remuxed to MPEG-TS and written into ``analyze --live -`` at its own frame rate (once the
   command says it is ready, as a camera would be opened); ``latency_s`` percentiles of the rows' ``latency_s``
   (wall seconds from a frame's arrival to its row), and ``fps`` (rows over the stream's seconds).
+- ``networks``: the raw models on the same machine in the same run: frames/s of each extractor the models read
+  (one row per video frame; frames kinds on random crops, audio kinds on a random track, inputs and forward, batches
+  of ``ex.batch``) and of the face nets (``faces_fps``); ``bound_fps`` = the rate of all of them one after the other
+  on one frame (1 / sum of 1 / rate), and ``ratio`` = the whole command's frames/s on the video over that bound.
 
 Models: ``--models`` (whose recorded extractors must match params) or, by default, small fusion models trained for
 one epoch on synthetic features (:func:`make_models`, random-init extractors): speed does not depend on what the
@@ -63,7 +67,7 @@ def remux(src: Path, out: Any, fmt: str | None = None, loops: int = 1, pace: flo
         t0, n = time.monotonic(), 0
         for k in range(loops):
             for p in packets:
-                shift = int(round(k * period / p.time_base))
+                shift = round(k * period / p.time_base)
                 if pace:
                     wait = t0 + (float(p.dts * p.time_base) + k * period) / pace - time.monotonic()
                     if wait > 0:
@@ -162,6 +166,38 @@ def faces_figures(video: Path, cfg: config.FacesConfig) -> dict[str, Any]:
     }
 
 
+def extractor_fps(ex: Any, size: int, rng: np.random.Generator, min_seconds: float) -> float:
+    """Rows per second of one extractor alone: ``frames`` kinds on a batch of random ``size`` px crops, ``audio``
+    kinds at a batch of frame times on a random track (inputs and forward, as the streaming chain calls them)."""
+    from pipeline.analysis.features import audio_inputs_rows, frame_rows
+    from pipeline.bench.timing import calls_per_s
+    from pipeline.extractors.audio import AudioSource
+    from pipeline.io.timebase import SAMPLE_RATE
+
+    if ex.kind == "frames":
+        crops = rng.integers(0, 256, (ex.batch, size, size, 3), dtype=np.uint8)
+        return ex.batch * calls_per_s(lambda: frame_rows(ex, crops), ex.device, min_seconds)
+    seconds = max(ex.batch / 25.0, 1.0) + 2.0  # the batch's frames at 25 fps, and some track either side
+    src = AudioSource(samples=(rng.standard_normal(int(seconds * SAMPLE_RATE)) * 0.1).astype(np.float32), key="bench")
+    times = np.linspace(1.0, seconds - 1.0, ex.batch)
+    return ex.batch * calls_per_s(lambda: audio_inputs_rows(ex, src, times), ex.device, min_seconds)
+
+
+def networks_figures(params: Path, faces_fps: float | None, device: str = "cpu", min_seconds: float = 3.0) -> dict[str, Any]:
+    """Frames/s of each extractor the models read, alone (see the module docstring), and their bound with the faces."""
+    from pipeline.extractors import build
+
+    raw = config.read_params(params)
+    size = config.section("frames", params, raw).size
+    features = config.section("features", params, raw)
+    rng = np.random.default_rng(0)
+    rates = {m: extractor_fps(build(m, features[m], size, device), size, rng, min_seconds)
+             for m in config.section("model", params, raw).modalities}
+    per_frame = sum(1.0 / r for r in rates.values()) + (1.0 / faces_fps if faces_fps else 0.0)
+    return {"fps": {m: round(r, 1) for m, r in rates.items()}, "faces_fps": faces_fps,
+            "bound_fps": round(1.0 / per_frame, 1)}
+
+
 def tree_rss(proc: Any) -> int:
     """Bytes resident in ``proc`` (a psutil.Process) and all its descendants now."""
     import psutil
@@ -178,9 +214,9 @@ def tree_rss(proc: Any) -> int:
 def timed_run(cmd: list[str], stdin: Any = None) -> dict[str, Any]:
     """Run ``cmd`` (stdout captured), sampling its process tree's memory every 50 ms: seconds, CPU seconds of the
     tree, peak tree RSS and the command's own peak RSS (MB), and its last stdout line."""
-    import psutil
-
     import tempfile
+
+    import psutil
 
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
@@ -220,7 +256,7 @@ def analyze_figures(video: Path, minutes: tuple[float, ...], work: Path, base_cm
         if m:
             src = work / f"{video.stem}-{m:g}min.mp4"
             if not src.exists():
-                remux(video, src, loops=max(1, int(round(m * 60 / period))))
+                remux(video, src, loops=max(1, round(m * 60 / period)))
         r = timed_run([*base_cmd, str(src), "--out", str(work / "results")])
         n = r["summary"]["frames"]
         runs[f"{m:g}min" if m else "video"] = {
@@ -266,6 +302,7 @@ def live_figures(video: Path, work: Path, base_cmd: list[str], hop: float) -> di
 def run(
     video: Path, work: Path, models: Path | None = None, params: Path = config.DEFAULT_PARAMS,
     minutes: tuple[float, ...] = (1.0, 10.0), faces: bool = True, live: bool = True, jobs: int = 1, hop: float = 0.5,
+    device: str = "cpu",
 ) -> dict:
     """Measure what the module docstring lists and print it as one JSON line."""
     video, work = Path(video), Path(work)
@@ -279,10 +316,13 @@ def run(
     if models is None:
         params = random_init_params(params, work / "params-random-init.yaml")
         models, label = make_models(work / "synthetic", params), "synthetic, one epoch, random-init extractors"
-    base = [sys.executable, "-m", "pipeline", "analyze", "--models", str(models), "--params", str(params), "--device", "cpu"]
+    base = [sys.executable, "-m", "pipeline", "analyze", "--models", str(models), "--params", str(params), "--device", device]
     line["analyze"] = analyze_figures(video, tuple(minutes), work, [*base, "--jobs", str(jobs)])
+    faces_fps = line["faces"]["faces_fps"] if faces else None
+    line["networks"] = networks_figures(params, faces_fps, device)
+    line["networks"]["ratio"] = round(line["analyze"]["video"]["fps"] / line["networks"]["bound_fps"], 3)
     if live:
         line["live"] = live_figures(video, work, base, hop)
-    line.update(models=label, cpus=len(os.sched_getaffinity(0)))
+    line.update(models=label, device=device, cpus=len(os.sched_getaffinity(0)))
     print(json.dumps(line))
     return line
