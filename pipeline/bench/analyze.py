@@ -18,7 +18,8 @@
 - ``networks``: the raw models on the same machine in the same run: frames/s of each extractor the models read
   (one row per video frame; frames kinds on random crops, audio kinds on a random track, inputs and forward, batches
   of ``ex.batch``) and of the face nets (``faces_fps``); ``bound_fps`` = the rate of all of them one after the other
-  on one frame (1 / sum of 1 / rate), and ``ratio`` = the whole command's frames/s on the video over that bound.
+  on one frame (1 / sum of 1 / rate), and ``ratio`` = the whole command's frames/s over that bound, per run (the
+  short video's includes the command's start-up; the longest run's is the steady state).
 
 Models: ``--models`` (whose recorded extractors must match params) or, by default, small fusion models trained for
 one epoch on synthetic features (:func:`make_models`, random-init extractors): speed does not depend on what the
@@ -320,7 +321,8 @@ def run(
     line["analyze"] = analyze_figures(video, tuple(minutes), work, [*base, "--jobs", str(jobs)])
     faces_fps = line["faces"]["faces_fps"] if faces else None
     line["networks"] = networks_figures(params, faces_fps, device)
-    line["networks"]["ratio"] = round(line["analyze"]["video"]["fps"] / line["networks"]["bound_fps"], 3)
+    line["networks"]["ratio"] = {run: round(r["fps"] / line["networks"]["bound_fps"], 3)
+                                 for run, r in line["analyze"].items() if "fps" in r and run != "ratios"}
     if live:
         line["live"] = live_figures(video, work, base, hop)
     line.update(models=label, device=device, cpus=len(os.sched_getaffinity(0)))
