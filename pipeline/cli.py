@@ -8,25 +8,21 @@ the file and the problem and exit with status 2; anything else is a bug and keep
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cluster.cli import app as cluster_app
 from pipeline.common import config
-from pipeline.common.errors import PipelineError
+from pipeline.common.errors import PipelineError, user_errors
 from pipeline.common.outputs import guard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Throughput benchmarks (print JSON lines).")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cluster_app, name="cluster")  # pipeline/cluster/cli.py: stages as Slurm jobs or local processes
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # options several commands share, declared once (each command still sets its own default, the path in dvc.yaml)
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file to read")]
@@ -35,20 +31,6 @@ FeaturesOpt = Annotated[Path, typer.Option(help="folder of <name>.zarr feature s
 ModelsOpt = Annotated[Path, typer.Option(help="models folder with fold<k>/model.pt")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cuda:auto (claim a free GPU), cpu, cuda, cuda:1 ...")]
 JobsOpt = Annotated[int, typer.Option(help="processes working at once (0 = one per core)")]
-
-
-def user_errors(fn: F) -> F:
-    """Turn a :class:`PipelineError` into ``error: <message>`` on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PipelineError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def sections(params: Path, *names: str) -> list[Any]:

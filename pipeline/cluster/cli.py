@@ -7,12 +7,12 @@ Registered by :mod:`pipeline.cli` as the ``cluster`` group. Each command is a sh
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from pipeline.common.errors import user_errors
 
 if TYPE_CHECKING:
     from pipeline.cluster.driver import Executor
@@ -22,8 +22,6 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Run out-of-date DVC stages as Slurm jobs (--slurm) or local processes (--local -j N), one job per stage.",
 )
-F = TypeVar("F", bound=Callable[..., Any])
-
 SlurmOpt = Annotated[bool, typer.Option("--slurm/--local", help="submit the steps with sbatch, or run them here")]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="with --local: steps at once (0 = one per core)", min=0)]
 PartitionOpt = Annotated[str | None, typer.Option(help="Slurm partition (default: the cluster's)")]
@@ -34,18 +32,6 @@ TimeOpt = Annotated[str | None, typer.Option(help="time limit per job, e.g. 4:00
 SbatchOpt = Annotated[list[str] | None, typer.Option("--sbatch", help="further sbatch option: --sbatch=--account=x")]
 ShardsOpt = Annotated[int, typer.Option("--extract-shards", help="jobs per feature extraction (--shard i/n)", min=1)]
 PollOpt = Annotated[float, typer.Option(help="seconds between looks at the jobs' states", min=0.1)]
-
-
-def user_errors(fn: F) -> F:
-    """:func:`pipeline.cli.user_errors`, looked up when the command runs (pipeline.cli imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipeline.cli import user_errors as one_line
-
-        return one_line(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _executor(slurm: bool, jobs: int) -> Executor:
