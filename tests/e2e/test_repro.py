@@ -93,6 +93,21 @@ def test_noop_repro_runs_nothing_but_scan(repo):
     assert ran == ["Running stage 'scan':"], out
 
 
+def test_a_clone_without_the_stores_lock_files_is_up_to_date(repo, tmp_path):
+    """The extract stage leaves `features/<name>.zarr.lock` beside each store; a clone (a `dvc pull`, a sweep's
+    workspace) has none. `.dvcignore` keeps them out of the `features` folder `modalities` depends on."""
+    locks = sorted((repo / "features").glob("*.zarr.lock"))
+    assert locks, "the stores' lock files are where the test expects them"
+    for f in locks:
+        f.rename(tmp_path / f.name)
+    try:
+        status = sh([sys.executable, "-m", "dvc", "status", "--json"], repo)
+        assert set(json.loads(status.splitlines()[-1])) == {"scan"}, status
+    finally:
+        for f in locks:
+            (tmp_path / f.name).rename(f)
+
+
 def test_changing_lr_reruns_only_training_and_after(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["lr"] = params["train"]["lr"] * 2
