@@ -28,6 +28,7 @@ models learned, and the line says which was used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -316,7 +317,9 @@ def run(
     label = "given"
     if models is None:
         params = random_init_params(params, work / "params-random-init.yaml")
-        models, label = make_models(work / "synthetic", params), "synthetic, one epoch, random-init extractors"
+        with contextlib.redirect_stdout(sys.stderr):  # training's progress lines: stdout holds the one JSON line
+            models = make_models(work / "synthetic", params)
+        label = "synthetic, one epoch, random-init extractors"
     base = [sys.executable, "-m", "pipeline", "analyze", "--models", str(models), "--params", str(params), "--device", device]
     line["analyze"] = analyze_figures(video, tuple(minutes), work, [*base, "--jobs", str(jobs)])
     faces_fps = line["faces"]["faces_fps"] if faces else None
