@@ -18,6 +18,18 @@ def test_repository_params_load_into_every_section():
             setattr(cfg, next(iter(cfg.__dataclass_fields__)), None)
 
 
+def assert_config_error(tmp_path, text: str, message: str) -> None:
+    """``text`` as params.yaml, every section read: a ConfigError whose message holds ``message`` (the file's
+    folder left out)."""
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        raw = config.read_params(p)
+        for name in raw:
+            config.section(name, p, raw)
+    assert message in str(e.value).replace(str(tmp_path) + "/", "")
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -36,13 +48,7 @@ def test_repository_params_load_into_every_section():
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
-    p = tmp_path / "params.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as e:
-        raw = config.read_params(p)
-        for name in raw:
-            config.section(name, p, raw)
-    assert message in str(e.value).replace(str(tmp_path) + "/", "")
+    assert_config_error(tmp_path, text, message)
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -99,13 +105,7 @@ def test_dvc_yaml_names_only_existing_params_keys():
     ],
 )
 def test_bad_feature_entries_name_the_key(tmp_path, text, message):
-    p = tmp_path / "params.yaml"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as e:
-        raw = config.read_params(p)
-        for name in raw:
-            config.section(name, p, raw)
-    assert message in str(e.value).replace(str(tmp_path) + "/", "")
+    assert_config_error(tmp_path, text, message)
 
 
 def test_features_are_a_mapping_in_params_order(tmp_path):
