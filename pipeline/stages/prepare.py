@@ -31,9 +31,9 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from typing import BinaryIO
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
